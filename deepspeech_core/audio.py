@@ -1,0 +1,109 @@
+"""Reading any audio SoX or libsndfile can read, as 16-bit mono PCM at the model's rate.
+
+Decoding and resampling run in-process (libsndfile through soundfile, SoX's resampler
+through soxr): one `sox` process per short clip spends most of its time starting up.
+The `sox` program remains the fallback for formats libsndfile does not read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from deepspeech_core.io_utils import atomic_path
+
+
+class AudioError(Exception):
+    """The file is missing, not audio, truncated or empty; `reason` names which."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray  # int16, mono
+    sample_rate: int
+    source_rate: int
+    source_channels: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def _decode_with_sox(path: Path) -> tuple[np.ndarray, int]:
+    import sox  # imported late: pysox logs a warning at import when sox is missing
+
+    try:
+        info_rate = int(sox.file_info.sample_rate(str(path)))
+        data = sox.Transformer().build_array(input_filepath=str(path))
+    except Exception as exc:  # pysox raises several types; all mean "cannot decode"
+        raise AudioError("unreadable_audio", f"sox could not decode {path.name}: {exc}") from exc
+    if data.ndim == 1:
+        data = data[:, None]
+    return data.astype(np.float32) / 32768.0 if data.dtype == np.int16 else data, info_rate
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """Float32 samples [frames, channels] and the file's sample rate."""
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        return data, int(rate)
+    except soundfile.LibsndfileError:
+        return _decode_with_sox(path)
+    except (RuntimeError, ValueError) as exc:
+        raise AudioError("unreadable_audio", f"{path.name}: {exc}") from exc
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def read_audio(path: Path, sample_rate: int) -> Audio:
+    """Decode `path`, downmix to mono and resample to `sample_rate` (SoX's VHQ resampler)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError("missing_file", f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise AudioError("unreadable_audio", f"{path.name} is an empty file")
+    data, rate = _decode(path)
+    channels = data.shape[1]
+    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
+    if rate != sample_rate and len(mono):
+        mono = soxr.resample(mono, rate, sample_rate, quality="VHQ")
+    if len(mono) == 0:
+        raise AudioError("empty_audio", f"{path.name} has no samples")
+    return Audio(to_int16(mono), sample_rate, rate, channels)
+
+
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    """Write 16-bit PCM wav atomically (temp file, then rename)."""
+    with atomic_path(Path(path), suffix=".wav") as tmp:
+        soundfile.write(str(tmp), samples, sample_rate, subtype="PCM_16", format="WAV")
+
+
+def read_wav_int16(path: Path) -> tuple[np.ndarray, int]:
+    """Read a wav exactly as stored (no resampling); used on the pipeline's own wavs."""
+    data, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+    return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1).astype(np.int16), int(rate)
+
+
+def is_model_ready_wav(path: Path, sample_rate: int) -> bool:
+    """True when `path` already is 16-bit mono wav at `sample_rate` (no import needed)."""
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError):
+        return False
+    return (
+        info.format == "WAV"
+        and info.subtype == "PCM_16"
+        and info.channels == 1
+        and info.samplerate == sample_rate
+    )

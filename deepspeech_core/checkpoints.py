@@ -1,0 +1,131 @@
+"""Checkpoint directories that describe themselves.
+
+    CHECKPOINT_DIR/model.json     alphabet, feature and model parameters (the architecture)
+    CHECKPOINT_DIR/alphabet.txt
+    CHECKPOINT_DIR/train/         periodic checkpoints: resume from the newest
+    CHECKPOINT_DIR/best/          the best dev-loss checkpoint: evaluate and export from it
+    CHECKPOINT_DIR/history.json   per-epoch train and dev loss
+
+Two managers, two meanings (icefall's epoch-N vs best-valid-loss). The architecture is
+read from model.json on resume; a run asked for a different one gets a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.config import FeatureConfig, ModelConfig
+from deepspeech_core.io_utils import atomic_write_json
+from deepspeech_core.model import create_model, rng_variables
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory cannot be used for what was asked; says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network that a checkpoint's weights belong to."""
+
+    alphabet: Alphabet
+    features: FeatureConfig
+    model: ModelConfig
+
+    def to_json(self) -> dict:
+        return {
+            "alphabet": "".join(self.alphabet.characters),
+            "features": self.features.model_dump(),
+            "model": self.model.model_dump(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelSpec:
+        return cls(
+            Alphabet(data["alphabet"]),
+            FeatureConfig.model_validate(data["features"]),
+            ModelConfig.model_validate(data["model"]),
+        )
+
+    def build(self) -> keras.Model:
+        return create_model(self.model, self.features, self.alphabet.n_classes)
+
+    def architecture(self) -> dict:
+        """The parts that must match for weights to load (dropout may change on resume)."""
+        return {
+            "alphabet": "".join(self.alphabet.characters),
+            "n_input": self.features.n_input,
+            "n_context": self.features.n_context,
+            "n_hidden": self.model.n_hidden,
+            "layer_norm": self.model.layer_norm,
+        }
+
+
+def _key(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", path)
+
+
+def tracked_state(model: keras.Model, optimizer: keras.optimizers.Optimizer | None, **extra):
+    """A tf.train.Checkpoint over the weights (by layer path), RNG state and optimizer."""
+    objects = {
+        "weights": {_key(v.path): v for v in model.weights},
+        # Seed-generator paths are numbered per process, so key RNG state by position.
+        "rng": {f"rng_{i}": v for i, v in enumerate(rng_variables(model))},
+        **extra,
+    }
+    if optimizer is not None:
+        objects["optimizer"] = optimizer
+    return tf.train.Checkpoint(**objects)
+
+
+def read_spec(checkpoint_dir: Path) -> ModelSpec | None:
+    path = Path(checkpoint_dir) / "model.json"
+    return ModelSpec.from_json(json.loads(path.read_text())) if path.is_file() else None
+
+
+def write_spec(checkpoint_dir: Path, spec: ModelSpec) -> None:
+    atomic_write_json(Path(checkpoint_dir) / "model.json", spec.to_json())
+    spec.alphabet.save(Path(checkpoint_dir) / "alphabet.txt")
+
+
+def check_compatible(existing: ModelSpec, requested: ModelSpec, checkpoint_dir: Path) -> None:
+    a, b = existing.architecture(), requested.architecture()
+    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    if diff:
+        details = ", ".join(
+            f"{k}: checkpoint has {x!r}, asked for {y!r}" for k, (x, y) in diff.items()
+        )
+        raise CheckpointError(
+            f"{checkpoint_dir} holds a different model ({details}). Use another "
+            "--checkpoint_dir, or the checkpoint's settings to continue it."
+        )
+
+
+def latest(checkpoint_dir: Path, which: str = "best") -> Path | None:
+    """Checkpoint prefix to load: `best` falls back to the newest periodic one."""
+    order = ["best", "train"] if which == "best" else ["train"]
+    for sub in order:
+        prefix = tf.train.latest_checkpoint(str(Path(checkpoint_dir) / sub))
+        if prefix:
+            return Path(prefix)
+    return None
+
+
+def load_model(checkpoint_dir: Path, which: str = "best") -> tuple[keras.Model, ModelSpec, Path]:
+    """Rebuild the model from model.json and load weights (no optimizer, for inference)."""
+    spec = read_spec(checkpoint_dir)
+    prefix = latest(checkpoint_dir, which)
+    if spec is None or prefix is None:
+        raise CheckpointError(
+            f"no trained model in {checkpoint_dir}: run the train stage first "
+            "(deepspeech-flow train ...) or point --checkpoint_dir at a training's output"
+        )
+    model = spec.build()
+    tracked_state(model, None).read(str(prefix)).expect_partial()
+    return model, spec, prefix

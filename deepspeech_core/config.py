@@ -1,0 +1,144 @@
+"""One typed configuration for the whole pipeline, grouped by stage.
+
+Names and defaults follow DeepSpeech 0.9.3's flags wherever DeepSpeech had them, so a
+speech engineer can carry a `DeepSpeech.py` command line over flag by flag. The model
+is the train-cv flow's parameter (Prefect renders it as a form); the CLI and a YAML
+file fill the same model. Nothing here does I/O when built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CorpusConfig(_Section):
+    """Where the speech comes from and how its text is cleaned."""
+
+    corpus: Path | None = Field(
+        None, description="A Common Voice locale directory (clips/*.mp3 + train/dev/test.tsv)."
+    )
+    train_files: list[Path] = Field(default_factory=list, description="DeepSpeech CSVs.")
+    dev_files: list[Path] = Field(default_factory=list, description="DeepSpeech CSVs.")
+    test_files: list[Path] = Field(default_factory=list, description="DeepSpeech CSVs.")
+    alphabet_config_path: Path | None = Field(
+        None, description="alphabet.txt in DeepSpeech's format; derived from train if unset."
+    )
+    normalize_ascii: bool = Field(
+        True, description="Fold accented letters to ASCII (NFKD), as DeepSpeech's importers."
+    )
+    lowercase: bool = True
+    keep_characters: str = Field(
+        "'", description="Punctuation kept by normalisation (the apostrophe, for English)."
+    )
+    max_duration: float = Field(
+        10.0, gt=0, description="Clips longer than this (seconds) are rejected: the OOM guard."
+    )
+    import_workers: int = Field(0, ge=0, description="Processes for audio import; 0 = all cores.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CorpusConfig:
+        if self.corpus is not None and (self.train_files or self.dev_files or self.test_files):
+            raise ValueError("give either --corpus or --train_files/--dev_files/--test_files")
+        return self
+
+
+class FeatureConfig(_Section):
+    """DeepSpeech's MFCC front end."""
+
+    audio_sample_rate: int = Field(16000, description="Sample rate the model is trained at.")
+    feature_win_len: float = Field(32.0, gt=0, description="Window length in milliseconds.")
+    feature_win_step: float = Field(20.0, gt=0, description="Window step in milliseconds.")
+    n_input: int = Field(26, ge=1, description="MFCC coefficients per frame.")
+    n_context: int = Field(9, ge=0, description="Frames of context on each side.")
+
+    @property
+    def window_samples(self) -> int:
+        return int(self.audio_sample_rate * self.feature_win_len / 1000)
+
+    @property
+    def step_samples(self) -> int:
+        return int(self.audio_sample_rate * self.feature_win_step / 1000)
+
+
+class ModelConfig(_Section):
+    """The DeepSpeech 0.9.3 acoustic model's dimensions."""
+
+    n_hidden: int = Field(2048, ge=1, description="Width of every hidden layer and the LSTM.")
+    dropout_rate: float = Field(0.05, ge=0, lt=1, description="Dropout on layers 1-3 and 5.")
+    relu_clip: float = Field(20.0, gt=0, description="ReLU activations are clipped here.")
+    layer_norm: bool = Field(False, description="Layer normalisation after each dense layer.")
+
+
+class TrainingConfig(_Section):
+    """Optimiser, schedule and checkpoints."""
+
+    epochs: int = Field(75, ge=0)
+    train_batch_size: int = Field(1, ge=1)
+    dev_batch_size: int = Field(1, ge=1)
+    learning_rate: float = Field(0.001, gt=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    epsilon: float = Field(1e-8, gt=0)
+    seed: int = Field(4568, description="DeepSpeech's --random_seed.")
+    checkpoint_dir: Path | None = Field(None, description="Default: WORKDIR/checkpoints.")
+    checkpoint_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps.")
+    checkpoint_secs: int = Field(600, ge=1, description="...and every N seconds.")
+    max_to_keep: int = Field(5, ge=1, description="Periodic checkpoints kept.")
+    train_retries: int = Field(3, ge=0, description="Prefect retries of the train stage.")
+
+
+class EvaluationConfig(_Section):
+    test_batch_size: int = Field(1, ge=1)
+    report_count: int = Field(5, ge=0, description="Best/worst samples shown in the log.")
+
+
+class ExportConfig(_Section):
+    export_dir: Path | None = Field(None, description="Default: WORKDIR/export.")
+
+
+class PipelineConfig(_Section):
+    """The train-cv flow's parameter: every stage's settings in one validated model."""
+
+    workdir: Path = Field(Path("deepspeech-data"), description="Where every stage writes.")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.training.checkpoint_dir or self.workdir / "checkpoints"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.export.export_dir or self.workdir / "export"
+
+    def resolved(self) -> PipelineConfig:
+        """A copy with every path absolute, so tasks run the same from any directory."""
+
+        def absolute(p: Path | None) -> Path | None:
+            return None if p is None else p.expanduser().resolve()
+
+        data = self.model_dump()
+        data["workdir"] = absolute(self.workdir)
+        c = data["corpus"]
+        c["corpus"] = absolute(self.corpus.corpus)
+        c["alphabet_config_path"] = absolute(self.corpus.alphabet_config_path)
+        for key in ("train_files", "dev_files", "test_files"):
+            c[key] = [absolute(p) for p in getattr(self.corpus, key)]
+        data["training"]["checkpoint_dir"] = absolute(self.training.checkpoint_dir)
+        data["export"]["export_dir"] = absolute(self.export.export_dir)
+        return PipelineConfig.model_validate(data)
+
+
+Stage = Literal["validate", "features", "train", "evaluate", "export"]
+STAGES: tuple[Stage, ...] = ("validate", "features", "train", "evaluate", "export")

@@ -1,0 +1,68 @@
+"""DeepSpeech 0.9.3's MFCC front end: one function for the cache and the exported model.
+
+`audio_to_mfccs` is the exact op sequence of DeepSpeech's `samples_to_mfccs`
+(AudioSpectrogram with a 32 ms window and 20 ms stride, magnitude squared, then Mfcc
+with 26 coefficients and the upper frequency at half the sample rate). The feature
+cache and the SavedModel's raw-audio signature both call it, so training and inference
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from deepspeech_core.config import FeatureConfig
+
+
+def audio_to_mfccs(samples: tf.Tensor, features: FeatureConfig) -> tf.Tensor:
+    """Float samples in [-1, 1], shape [n] -> MFCCs [frames, n_input] (float32)."""
+    samples = tf.reshape(tf.cast(samples, tf.float32), [-1, 1])
+    spectrogram = tf.raw_ops.AudioSpectrogram(
+        input=samples,
+        window_size=features.window_samples,
+        stride=features.step_samples,
+        magnitude_squared=True,
+    )
+    mfccs = tf.raw_ops.Mfcc(
+        spectrogram=spectrogram,
+        sample_rate=features.audio_sample_rate,
+        upper_frequency_limit=features.audio_sample_rate / 2,
+        lower_frequency_limit=20.0,
+        filterbank_channel_count=40,
+        dct_coefficient_count=features.n_input,
+    )
+    return tf.reshape(mfccs, [-1, features.n_input])
+
+
+def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
+    """int16 PCM -> float32 in [-1, 1), as tf.audio.decode_wav scales it."""
+    return samples.astype(np.float32) / 32768.0
+
+
+class MfccExtractor:
+    """A compiled `audio_to_mfccs` for one feature configuration (no retracing per clip)."""
+
+    def __init__(self, features: FeatureConfig) -> None:
+        self.features = features
+        self._fn = tf.function(
+            lambda x: audio_to_mfccs(x, features),
+            input_signature=[tf.TensorSpec([None], tf.float32)],
+        )
+
+    def __call__(self, pcm16: np.ndarray) -> np.ndarray:
+        return self._fn(tf.constant(pcm16_to_float(pcm16))).numpy()
+
+
+def context_windows(mfccs: tf.Tensor, n_context: int) -> tf.Tensor:
+    """[batch, time, n_input] -> [batch, time, (2*n_context+1) * n_input].
+
+    Each frame is joined with `n_context` frames on each side, zero-padded at the ends:
+    what DeepSpeech's `create_overlapping_windows` builds with an identity conv filter,
+    in the same (window position, coefficient) order.
+    """
+    width = 2 * n_context + 1
+    padded = tf.pad(mfccs, [[0, 0], [n_context, n_context], [0, 0]])
+    frames = tf.signal.frame(padded, frame_length=width, frame_step=1, axis=1)
+    shape = tf.shape(mfccs)
+    return tf.reshape(frames, [shape[0], shape[1], width * mfccs.shape[-1]])

@@ -1,0 +1,80 @@
+"""What each stage returns: small pydantic records that name files, never arrays.
+
+These travel through Prefect results and the CLI; everything heavy stays on disk under
+the work directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusManifest(_Manifest):
+    corpus_dir: Path
+    splits: dict[str, Path]
+    rejected_csv: Path
+    alphabet_path: Path
+    report_path: Path
+    counts: dict[str, int]
+    rejected: dict[str, dict[str, int]]
+    hours: dict[str, float]
+    fingerprint: str
+    reused: bool = False
+
+
+class FeatureCacheManifest(_Manifest):
+    cache_dir: Path
+    namespace: str
+    indexes: dict[str, Path]
+    alphabet_path: Path
+    counts: dict[str, int]
+    computed: int
+    reused_clips: int
+    fingerprint: str
+
+
+class TrainedModelManifest(_Manifest):
+    checkpoint_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path
+    steps: int
+    epochs: int
+    resumed_from_step: int
+    train_loss_history: list[float]
+    dev_loss_history: list[float]
+    seconds: float
+
+
+class EvaluationManifest(_Manifest):
+    wer: float
+    cer: float
+    loss: float
+    samples: int
+    report_path: Path
+    test_output_path: Path
+    checkpoint: Path
+
+
+class ExportManifest(_Manifest):
+    export_dir: Path
+    saved_model: Path
+    metadata: Path
+    alphabet: Path
+    size_bytes: int
+
+
+class PipelineResult(_Manifest):
+    """What a train-cv run returns: every stage's manifest that ran, and its seconds."""
+
+    corpus: CorpusManifest | None = None
+    features: FeatureCacheManifest | None = None
+    training: TrainedModelManifest | None = None
+    evaluation: EvaluationManifest | None = None
+    export: ExportManifest | None = None
+    stage_seconds: dict[str, float] = {}

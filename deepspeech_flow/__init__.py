@@ -1,0 +1,1 @@
+"""The deepspeech-flow command line."""

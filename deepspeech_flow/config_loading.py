@@ -1,0 +1,71 @@
+"""Filling the one PipelineConfig from a YAML file and DeepSpeech-style flags.
+
+Precedence: defaults < --config YAML < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepspeech_core.config import PipelineConfig
+
+# flag name (DeepSpeech's spelling) -> (config section, field); None = top level
+FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
+    "workdir": (None, "workdir"),
+    "corpus": ("corpus", "corpus"),
+    "train_files": ("corpus", "train_files"),
+    "dev_files": ("corpus", "dev_files"),
+    "test_files": ("corpus", "test_files"),
+    "alphabet_config_path": ("corpus", "alphabet_config_path"),
+    "max_duration": ("corpus", "max_duration"),
+    "audio_sample_rate": ("features", "audio_sample_rate"),
+    "n_hidden": ("model", "n_hidden"),
+    "dropout_rate": ("model", "dropout_rate"),
+    "relu_clip": ("model", "relu_clip"),
+    "layer_norm": ("model", "layer_norm"),
+    "epochs": ("training", "epochs"),
+    "train_batch_size": ("training", "train_batch_size"),
+    "dev_batch_size": ("training", "dev_batch_size"),
+    "learning_rate": ("training", "learning_rate"),
+    "seed": ("training", "seed"),
+    "checkpoint_dir": ("training", "checkpoint_dir"),
+    "checkpoint_steps": ("training", "checkpoint_steps"),
+    "checkpoint_secs": ("training", "checkpoint_secs"),
+    "train_retries": ("training", "train_retries"),
+    "test_batch_size": ("evaluation", "test_batch_size"),
+    "report_count": ("evaluation", "report_count"),
+    "export_dir": ("export", "export_dir"),
+}
+
+
+def split_files(value: str | None) -> list[str] | None:
+    """DeepSpeech's comma-separated file lists."""
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a mapping of config sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def build_config(config_file: Path | None, flags: dict[str, Any]) -> PipelineConfig:
+    """Merge YAML and the flags that were given (None = not given) into a PipelineConfig."""
+    data: dict[str, Any] = load_yaml(config_file) if config_file else {}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        section, field = FLAG_FIELDS[name]
+        if section is None:
+            data[field] = value
+        else:
+            data.setdefault(section, {})[field] = value
+    return PipelineConfig.model_validate(data)

@@ -1,0 +1,1 @@
+"""Prefect flows: chain the stage tasks, nothing else."""

@@ -1,0 +1,82 @@
+"""Stage 3: training, with retries that resume from the last checkpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from deepspeech_core.config import PipelineConfig
+from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
+from deepspeech_core.training import Progress, train
+from tasks.reporting import core_logs_to_run_log
+
+
+def has_trained_model(checkpoint_dir: Path) -> bool:
+    """True when `checkpoint_dir` holds a model description and at least one checkpoint."""
+    d = Path(checkpoint_dir)
+    return (d / "model.json").is_file() and any(
+        (d / sub / "checkpoint").is_file() for sub in ("best", "train")
+    )
+
+
+class _ProgressReporter:
+    """Updates a progress artifact at most every few seconds (the UI shows a bar)."""
+
+    def __init__(self, every_seconds: float = 5.0) -> None:
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="training-progress", description="Training progress (% of steps)"
+        )
+        self.every = every_seconds
+        self.last = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every or p.step == p.total_steps:
+            self.last = now
+            update_progress_artifact(
+                artifact_id=self.artifact_id,
+                progress=100.0 * p.step / max(p.total_steps, 1),
+                description=(
+                    f"epoch {p.epoch}, step {p.step}/{p.total_steps}, loss {p.loss:.3f}, "
+                    f"{p.audio_seconds_per_second:.0f} audio-s/s"
+                ),
+            )
+
+
+@task(name="train_model", task_run_name="train-model", cache_policy=NO_CACHE, retry_delay_seconds=5)
+def train_model_task(
+    config: PipelineConfig, features: FeatureCacheManifest
+) -> TrainedModelManifest:
+    with core_logs_to_run_log() as log:
+        manifest = train(
+            features,
+            config.model,
+            config.features,
+            config.training,
+            config.checkpoint_dir,
+            on_progress=_ProgressReporter(),
+        )
+        if manifest.resumed_from_step:
+            log.info("this attempt resumed from step %d", manifest.resumed_from_step)
+    dev = manifest.dev_loss_history
+    create_table_artifact(
+        key="training-loss",
+        table=[
+            {
+                "epoch": i,
+                "train_loss": round(t, 4),
+                "dev_loss": round(dev[i], 4) if i < len(dev) else None,
+            }
+            for i, t in enumerate(manifest.train_loss_history)
+        ],
+        description=f"Per-epoch loss; checkpoints in {manifest.checkpoint_dir}",
+    )
+    return manifest

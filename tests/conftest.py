@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny spoken corpus, a tiny trained model, one Prefect harness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deepspeech_flow.settings import apply_defaults
+
+apply_defaults()
+
+SHARED_FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd-cv" / "en"
+
+
+def tiny_config(workdir: Path, corpus: Path, **training):
+    from deepspeech_core.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {
+            "workdir": str(workdir),
+            "corpus": {"corpus": str(corpus), "import_workers": 1},
+            "model": {"n_hidden": 32, "dropout_rate": 0.05},
+            "training": {
+                "epochs": 2,
+                "train_batch_size": 8,
+                "dev_batch_size": 8,
+                "seed": 7,
+                "checkpoint_steps": 3,
+                **training,
+            },
+            "evaluation": {"test_batch_size": 8, "report_count": 1},
+        }
+    ).resolved()
+
+
+@pytest.fixture(scope="session")
+def tiny_cv(tmp_path_factory) -> Path:
+    """A 40-clip Common Voice-style release spoken by espeak-ng (read-only by convention)."""
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip(
+            "espeak-ng and sox are needed to make the test corpus (make setup installs them)"
+        )
+    from deepspeech_core.demo_corpus import make_demo_corpus
+
+    return make_demo_corpus(tmp_path_factory.mktemp("cv"), count=40, seed=3)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_cv):
+    """Validate, featurise and train a tiny model once for the evaluation/export tests."""
+    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.training import train
+
+    cfg = tiny_config(tmp_path_factory.mktemp("work"), tiny_cv)
+    corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
+    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    model = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    return cfg, corpus, features, model
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server and database for the whole session (startup is slow)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+    with prefect_test_harness(server_startup_timeout=timeout):
+        yield

@@ -1,0 +1,144 @@
+"""End to end: the CLI runs the train-cv flow on a Prefect server; every output exists."""
+
+import json
+
+import pandas as pd
+import pytest
+import soundfile
+from typer.testing import CliRunner
+
+from deepspeech_flow.cli import app
+from flows.train_cv import train_cv  # imported (and Prefect logging set up) outside CliRunner
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+TINY = [
+    "--n_hidden",
+    "32",
+    "--epochs",
+    "2",
+    "--train-batch-size",
+    "8",
+    "--dev_batch_size",
+    "8",
+    "--test-batch-size",
+    "8",
+    "--checkpoint_steps",
+    "3",
+    "--seed",
+    "7",
+]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_cv, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("flow") / "deepspeech-data"
+    result = CliRunner().invoke(
+        app, ["run", "--corpus", str(tiny_cv), "--workdir", str(workdir), *TINY]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return workdir, result.output
+
+
+def test_every_output_exists_and_is_well_formed(full_run):
+    workdir, output = full_run
+    assert "test WER" in output and "exported:" in output
+    corpus = workdir / "corpus"
+    for split in ("train", "dev", "test"):
+        df = pd.read_csv(corpus / f"{split}.csv", keep_default_na=False)
+        assert list(df.columns[:3]) == ["wav_filename", "wav_filesize", "transcript"] and len(df)
+        info = soundfile.info(df.wav_filename.iloc[0])
+        assert (info.samplerate, info.channels) == (16000, 1)
+    rejected = pd.read_csv(corpus / "rejected.csv")
+    assert list(rejected.columns) == ["source", "line", "wav_filename", "reason", "detail"]
+    assert any((workdir / "features").rglob("*.npy"))
+    assert (workdir / "checkpoints" / "model.json").is_file()
+    assert (workdir / "checkpoints" / "train" / "checkpoint").is_file()
+    evaluation = json.loads((workdir / "reports" / "evaluation.json").read_text())
+    assert {"wer", "cer", "loss", "samples"} <= set(evaluation) and evaluation["samples"] > 0
+    samples = json.loads((workdir / "reports" / "test_output.json").read_text())
+    assert len(samples) == evaluation["samples"]
+    assert {"wav_filename", "src", "res", "loss", "cer", "wer"} <= set(samples[0])
+    export = workdir / "export"
+    assert (export / "saved_model" / "saved_model.pb").is_file()
+    assert json.loads((export / "metadata.json").read_text())["n_hidden"] == 32
+    assert (export / "alphabet.txt").is_file()
+
+
+def test_rerun_reuses_every_stage(full_run, tiny_cv):
+    from deepspeech_core.config import PipelineConfig
+
+    workdir, _ = full_run
+    cfg = PipelineConfig.model_validate(
+        {
+            "workdir": str(workdir),
+            "corpus": {"corpus": str(tiny_cv)},
+            "model": {"n_hidden": 32},
+            "training": {
+                "epochs": 2,
+                "train_batch_size": 8,
+                "dev_batch_size": 8,
+                "seed": 7,
+                "checkpoint_steps": 3,
+            },
+            "evaluation": {"test_batch_size": 8},
+        }
+    )
+    result = train_cv(config=cfg)
+    assert result.corpus.reused
+    assert result.features.computed == 0
+    assert result.training.resumed_from_step == result.training.steps  # nothing left to train
+    assert set(result.stage_seconds) == {"validate", "features", "train", "evaluate", "export"}
+
+
+def test_evaluate_new_clips_with_a_trained_model(full_run, tmp_path):
+    from deepspeech_core.demo_corpus import make_demo_corpus
+    from deepspeech_core.text import normalize_sentence
+
+    workdir, _ = full_run
+    fresh = make_demo_corpus(tmp_path / "fresh", count=5, seed=99)
+    tsv = pd.read_csv(fresh / "validated.tsv", sep="\t", keep_default_na=False)
+    csv_path = tmp_path / "new_test.csv"
+    pd.DataFrame(
+        {
+            "wav_filename": ["fresh/en/clips/" + p for p in tsv.path],
+            "wav_filesize": 0,
+            "transcript": [normalize_sentence(s) for s in tsv.sentence],
+        }
+    ).to_csv(csv_path, index=False)
+    other = tmp_path / "eval-work"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--test_files",
+            str(csv_path),
+            "--checkpoint_dir",
+            str(workdir / "checkpoints"),
+            "--workdir",
+            str(other),
+        ],
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads((other / "reports" / "evaluation.json").read_text())
+    assert report["samples"] == 5
+    assert len(json.loads((other / "reports" / "test_output.json").read_text())) == 5
+    assert not (other / "checkpoints").exists(), "evaluate must not train a new model"
+
+
+def test_evaluate_without_a_model_says_what_to_do(tmp_path, full_run):
+    workdir, _ = full_run
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--test_files",
+            str(workdir / "corpus" / "test.csv"),
+            "--alphabet_config_path",
+            str(workdir / "corpus" / "alphabet.txt"),
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "train" in str(result.exception)

@@ -1,0 +1,37 @@
+import keras
+import numpy as np
+
+from deepspeech_core.config import FeatureConfig, ModelConfig
+from deepspeech_core.model import create_model, rng_variables
+
+
+def test_full_size_parameter_count():
+    model = create_model(ModelConfig(n_hidden=2048), FeatureConfig(), n_classes=29)
+    assert model.count_params() == 47_224_861
+
+
+def test_layout_matches_deepspeech():
+    model = create_model(ModelConfig(n_hidden=16, relu_clip=20.0), FeatureConfig(), n_classes=29)
+    assert model.get_layer("layer_1").kernel.shape == (494, 16)
+    lstm = model.get_layer("lstm")
+    # cuDNN-eligible settings, so a GPU takes the fused kernel; forget bias starts at 0.
+    assert lstm.activation is keras.activations.tanh
+    assert lstm.recurrent_activation is keras.activations.sigmoid
+    assert lstm.recurrent_dropout == 0 and not lstm.unroll and lstm.use_bias
+    np.testing.assert_array_equal(lstm.cell.bias.numpy(), 0)
+    assert model.get_layer("layer_6").kernel.shape == (16, 29)
+    # Every dropout layer's seed state is in the RNG state that checkpoints must hold.
+    rng_ids = {id(v) for v in rng_variables(model)}
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert len(dropouts) == 4
+    assert all(id(layer.seed_generator.state) in rng_ids for layer in dropouts)
+
+
+def test_outputs_per_frame_and_clipped_relu():
+    model = create_model(ModelConfig(n_hidden=8, dropout_rate=0), FeatureConfig(), n_classes=5)
+    x = np.random.default_rng(0).normal(size=(3, 11, 26)).astype("float32") * 100
+    assert tuple(model(x).shape) == (3, 11, 5)
+    layer_1 = keras.Model(model.input, model.get_layer("layer_1_relu").output)
+    activations = layer_1(x).numpy()
+    assert activations.min() >= 0 and activations.max() <= 20.0
+    assert (activations == 20.0).any()

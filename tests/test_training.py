@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from deepspeech_core.checkpoints import CheckpointError, load_model
+from deepspeech_core.config import ModelConfig
+from deepspeech_core.dataset import batch_plan
+from deepspeech_core.training import train
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_batch_plan_is_deterministic_and_complete():
+    lengths = np.random.default_rng(0).integers(10, 500, size=103)
+    plan = batch_plan(lengths, 8, seed=5, epoch=2)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(103))
+    assert [b.tolist() for b in plan] == [
+        b.tolist() for b in batch_plan(lengths, 8, seed=5, epoch=2)
+    ]
+    assert [b.tolist() for b in plan] != [
+        b.tolist() for b in batch_plan(lengths, 8, seed=5, epoch=3)
+    ]
+    assert lengths[plan[0]].max() == lengths.max(), "longest batch first: OOM shows at once"
+
+    # Length bucketing: far less padding than batches in random order.
+    def padding(p):
+        return sum(lengths[b].max() * len(b) - lengths[b].sum() for b in p)
+
+    random_plan = np.array_split(np.random.default_rng(1).permutation(103), 13)
+    assert padding(plan) < 0.3 * padding(random_plan)
+
+
+def test_loss_goes_down_and_checkpoints_describe_the_model(trained):
+    cfg, _, _, result = trained
+    assert result.epochs == 2 and len(result.train_loss_history) == 2
+    assert result.dev_loss_history[1] < result.dev_loss_history[0]
+    assert result.best_checkpoint is not None
+    spec = json.loads((cfg.checkpoint_dir / "model.json").read_text())
+    assert spec["model"]["n_hidden"] == 32 and spec["features"]["n_input"] == 26
+    model, loaded_spec, _ = load_model(cfg.checkpoint_dir)
+    assert loaded_spec.alphabet.n_classes == model.output_shape[-1]
+
+
+def test_rerun_of_finished_training_does_no_steps(trained):
+    cfg, _, features, result = trained
+    again = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    assert again.steps == result.steps and again.resumed_from_step == result.steps
+
+
+def test_interrupted_run_resumes_at_the_next_batch(trained, tmp_path):
+    cfg, _, features, uninterrupted = trained
+    checkpoint_dir = tmp_path / "ckpt"
+    seen: list[int] = []
+
+    def stop_at_step_5(p):  # epoch 1, batch 1 (4 batches per epoch)
+        seen.append(p.step)
+        if p.step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(
+            features,
+            cfg.model,
+            cfg.features,
+            cfg.training,
+            checkpoint_dir,
+            on_progress=stop_at_step_5,
+        )
+    # The newest checkpoint is epoch 0's end (step 4); step 5 was lost and is redone.
+    resumed_steps: list[int] = []
+    result = train(
+        features,
+        cfg.model,
+        cfg.features,
+        cfg.training,
+        checkpoint_dir,
+        on_progress=lambda p: resumed_steps.append(p.step),
+    )
+    assert result.resumed_from_step == 4
+    assert resumed_steps[0] == 5 and resumed_steps[-1] == uninterrupted.steps
+    assert result.epochs == 2 and len(result.dev_loss_history) == 2
+    # Same seed, same batches, restored dropout RNG: the same weights as never stopping.
+    a, _, _ = load_model(checkpoint_dir, "train")
+    b, _, _ = load_model(cfg.checkpoint_dir, "train")
+    for va, vb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_different_architecture_is_refused(trained):
+    cfg, _, features, _ = trained
+    with pytest.raises(CheckpointError, match="n_hidden"):
+        train(features, ModelConfig(n_hidden=64), cfg.features, cfg.training, cfg.checkpoint_dir)
+
+
+def test_non_finite_loss_names_the_clips(trained, tmp_path, monkeypatch):
+    import deepspeech_core.training as training
+
+    cfg, _, features, _ = trained
+    real = training.ctc_loss_per_sample
+    monkeypatch.setattr(training, "ctc_loss_per_sample", lambda *a: real(*a) * np.inf)
+    with pytest.raises(training.TrainingError, match="wav"):
+        train(features, cfg.model, cfg.features, cfg.training, tmp_path / "ckpt")
