@@ -10,14 +10,16 @@ import csv
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import soundfile
 
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.audio import AudioError, is_model_ready_wav, read_audio, write_wav
@@ -207,8 +209,6 @@ def _import_one(job: tuple[str, str, int]) -> tuple[int, str | None, str]:
     src, dst, rate = Path(job[0]), Path(job[1]), job[2]
     try:
         if dst.is_file():  # written atomically, so an existing file is complete
-            import soundfile
-
             return soundfile.info(str(dst)).frames, None, ""
         audio = read_audio(src, rate)
         write_wav(dst, audio.samples, rate)
@@ -217,10 +217,9 @@ def _import_one(job: tuple[str, str, int]) -> tuple[int, str | None, str]:
         return 0, exc.reason, exc.detail
 
 
-def _probe_ready(path: Path) -> int:
-    import soundfile
-
-    return soundfile.info(str(path)).frames
+def _pool_context() -> multiprocessing.context.BaseContext:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: FeatureConfig):
@@ -233,7 +232,7 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
         assert row.audio is not None
         if row.audio.suffix.lower() == ".wav" and is_model_ready_wav(row.audio, rate):
             row.wav = row.audio
-            _check_duration(row, _probe_ready(row.audio), features, cfg.max_duration)
+            _check_duration(row, soundfile.info(str(row.audio)).frames, features, cfg.max_duration)
         else:
             row.wav = clips_dir / _import_name(row.audio)
             todo.append(row)
@@ -243,22 +242,25 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
     workers = cfg.import_workers or os.cpu_count() or 1
     jobs = [(str(r.audio), str(r.wav), rate) for r in todo]
     log.info("importing %d clips to %d Hz mono wav with %d workers", len(jobs), rate, workers)
-    if workers == 1 or len(jobs) < 8:
-        results = map(_import_one, jobs)
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_import_one, jobs, chunksize=max(1, min(64, len(jobs) // workers // 4)))
-    done = 0
-    for row, (n_samples, reason, detail) in zip(todo, results, strict=True):
+    for done, (row, (n_samples, reason, detail)) in enumerate(
+        zip(todo, _run_import_jobs(jobs, workers), strict=True), start=1
+    ):
         if reason:
             row.reason, row.detail, row.wav = reason, detail, None
         else:
             _check_duration(row, n_samples, features, cfg.max_duration)
-        done += 1
         if done % 1000 == 0:
             log.info("imported %d/%d clips", done, len(jobs))
-    if workers > 1 and len(jobs) >= 8:
-        pool.shutdown()
+
+
+def _run_import_jobs(jobs: list[tuple[str, str, int]], workers: int) -> Iterator[tuple]:
+    """Results of `_import_one` in job order, from a process pool when it pays off."""
+    if workers == 1 or len(jobs) < 8:
+        yield from map(_import_one, jobs)
+        return
+    # forkserver, not fork: the calling process may already run TensorFlow threads.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+        yield from pool.map(_import_one, jobs, chunksize=max(1, min(64, len(jobs) // workers // 4)))
 
 
 # --- the stage ----------------------------------------------------------------------

@@ -142,3 +142,47 @@ def test_evaluate_without_a_model_says_what_to_do(tmp_path, full_run):
     )
     assert result.exit_code != 0
     assert "train" in str(result.exception)
+
+
+def test_prefect_retry_of_train_resumes_from_the_checkpoint(tiny_cv, tmp_path, monkeypatch):
+    """A crash mid-training is retried by Prefect and continues, not restarts."""
+    import tasks.train as train_task_module
+    from deepspeech_core.config import PipelineConfig
+
+    real_train = train_task_module.train
+    attempts: list[int] = []
+
+    def crash_once_at_step_5(*args, on_progress=None, **kwargs):
+        attempts.append(len(attempts))
+        if len(attempts) > 1:
+            return real_train(*args, on_progress=on_progress, **kwargs)
+
+        def progress(p):
+            on_progress(p)
+            if p.step == 5:
+                raise RuntimeError("simulated crash at step 5")
+
+        return real_train(*args, on_progress=progress, **kwargs)
+
+    monkeypatch.setattr(train_task_module, "train", crash_once_at_step_5)
+    cfg = PipelineConfig.model_validate(
+        {
+            "workdir": str(tmp_path / "w"),
+            "corpus": {"corpus": str(tiny_cv)},
+            "model": {"n_hidden": 32},
+            "training": {
+                "epochs": 2,
+                "train_batch_size": 8,
+                "dev_batch_size": 8,
+                "seed": 7,
+                "checkpoint_steps": 3,
+                "train_retries": 1,
+            },
+            "evaluation": {"test_batch_size": 8},
+        }
+    )
+    result = train_cv(config=cfg, target="train")
+    assert len(attempts) == 2
+    # epoch 0 ended at step 4 with a checkpoint; the retry continued from there.
+    assert result.training.resumed_from_step == 4
+    assert result.training.steps == 8 and result.training.epochs == 2
