@@ -12,7 +12,7 @@ from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import EvaluationConfig
 from deepspeech_core.dataset import SplitIndex, batch_plan, make_dataset
 from deepspeech_core.io_utils import atomic_write_json
-from deepspeech_core.losses import ctc_loss_per_sample, greedy_decode
+from deepspeech_core.losses import greedy_decode, make_eval_step
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest
 from deepspeech_core.metrics import corpus_error_rates, error_counts
 
@@ -38,11 +38,10 @@ def transcribe_split(model, alphabet, index: SplitIndex, batch_size: int, n_inpu
     losses = np.zeros(len(index), np.float64)
     texts = [""] * len(index)
     plan = batch_plan(index.n_frames, batch_size)
+    eval_step = make_eval_step(model, n_input)
     for ids, batch in zip(plan, make_dataset(index, plan, n_input), strict=True):
-        logits = model(batch.features, training=False)
-        batch_losses = ctc_loss_per_sample(
-            batch.labels, batch.label_lengths, logits, batch.feature_lengths
-        ).numpy()
+        logits, batch_losses = eval_step(batch)
+        batch_losses = batch_losses.numpy()
         decoded = greedy_decode(logits, batch.feature_lengths)
         for j, i in enumerate(ids):
             losses[i] = batch_losses[j]

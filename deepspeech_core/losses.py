@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
+
+from deepspeech_core.dataset import Batch, batch_signature
 
 
 def ctc_loss_per_sample(
@@ -28,3 +31,20 @@ def greedy_decode(logits: tf.Tensor, logit_lengths: tf.Tensor) -> list[list[int]
     batch = int(tf.shape(logits)[0])
     out = [[int(v) for v in row if v >= 0] for row in dense]
     return out + [[] for _ in range(batch - len(out))]
+
+
+def make_eval_step(model: keras.Model, n_input: int):
+    """Compiled inference on a batch: (logits, per-sample CTC loss), traced once.
+
+    Calling the Keras model eagerly per batch costs far more than the maths on a CPU.
+    """
+
+    @tf.function(input_signature=[batch_signature(n_input)])
+    def eval_step(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
+        logits = model(batch.features, training=False)
+        losses = ctc_loss_per_sample(
+            batch.labels, batch.label_lengths, logits, batch.feature_lengths
+        )
+        return logits, losses
+
+    return eval_step

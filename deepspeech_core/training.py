@@ -32,7 +32,7 @@ from deepspeech_core.checkpoints import (
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.dataset import Batch, SplitIndex, batch_plan, batch_signature, make_dataset
 from deepspeech_core.io_utils import atomic_write_json
-from deepspeech_core.losses import ctc_loss_per_sample
+from deepspeech_core.losses import ctc_loss_per_sample, make_eval_step
 from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
 
 log = logging.getLogger(__name__)
@@ -81,20 +81,11 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
     return train_step
 
 
-def make_loss_step(model: keras.Model, n_input: int):
-    @tf.function(input_signature=[batch_signature(n_input)])
-    def loss_step(batch: Batch) -> tf.Tensor:
-        logits = model(batch.features, training=False)
-        return ctc_loss_per_sample(batch.labels, batch.label_lengths, logits, batch.feature_lengths)
-
-    return loss_step
-
-
-def dev_loss(loss_step, index: SplitIndex, batch_size: int, n_input: int) -> float:
+def dev_loss(eval_step, index: SplitIndex, batch_size: int, n_input: int) -> float:
     """Mean per-clip CTC loss over a split."""
     total, count = 0.0, 0
     for batch in make_dataset(index, batch_plan(index.n_frames, batch_size), n_input):
-        losses = loss_step(batch).numpy()
+        losses = eval_step(batch)[1].numpy()
         total += float(losses.sum())
         count += len(losses)
     return total / max(count, 1)
@@ -215,7 +206,7 @@ def train(
     history = _load_history(checkpoint_dir / "history.json", int(state.completed_epochs.numpy()))
 
     train_step = make_train_step(model, optimizer, feature_cfg.n_input)
-    loss_step = make_loss_step(model, feature_cfg.n_input)
+    eval_step = make_eval_step(model, feature_cfg.n_input)
     steps_per_epoch = math.ceil(len(train_index) / cfg.train_batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
@@ -241,7 +232,7 @@ def train(
         # Epoch end: dev loss, history, best model, then a checkpoint that marks it done.
         history["train_loss"].append(train_loss)
         if dev_index is not None:
-            loss = dev_loss(loss_step, dev_index, cfg.dev_batch_size, feature_cfg.n_input)
+            loss = dev_loss(eval_step, dev_index, cfg.dev_batch_size, feature_cfg.n_input)
             history["dev_loss"].append(loss)
             log.info("epoch %d: train loss %.3f, dev loss %.3f", epoch, train_loss, loss)
         else:
