@@ -1,39 +1,59 @@
 """The validate stage: Common Voice import, DeepSpeech CSV reading, row validation.
 
 Every input row either ends in a clean split CSV (DeepSpeech's format, 16 kHz mono
-16-bit wav) or in rejected.csv with a reason. The user's files are only ever read.
+16-bit wav) or in rejected.csv with one reason. The user's files are only ever read.
+
+Order of checks, each row stopping at the first that fails: bad_row (malformed row),
+missing_file, empty_transcript, alphabet, then the audio (unsupported_format,
+unreadable_audio, empty_audio), too_long, too_short, and last duplicate/leakage, which
+compare decoded audio across the whole corpus.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import logging
-import multiprocessing
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import soundfile
 
 from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.audio import AudioError, is_model_ready_wav, read_audio, write_wav
+from deepspeech_core.audio_import import (
+    ImportResult,
+    plan_job,
+    remove_stale_temporaries,
+    run_jobs,
+)
 from deepspeech_core.config import CorpusConfig, FeatureConfig
 from deepspeech_core.io_utils import atomic_path, atomic_write_json, file_sha256, text_sha256
 from deepspeech_core.manifests import CorpusManifest
+from deepspeech_core.tables import TableError, read_table
 from deepspeech_core.text import normalize_sentence
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
+REASONS = (
+    "bad_row",
+    "missing_file",
+    "empty_transcript",
+    "alphabet",
+    "unsupported_format",
+    "unreadable_audio",
+    "empty_audio",
+    "too_long",
+    "too_short",
+    "duplicate",
+    "leakage",
+)
 REJECTED_COLUMNS = ["source", "line", "wav_filename", "reason", "detail"]
 SPLIT_COLUMNS = ["wav_filename", "wav_filesize", "transcript", "duration", "sentence"]
-_LAYOUT_VERSION = "1"
+_LAYOUT_VERSION = "2"
 
 
 class CorpusError(ValueError):
@@ -50,36 +70,22 @@ class Row:
     audio: Path | None
     sentence: str
     transcript: str
+    speaker: str = ""
     reason: str | None = None
     detail: str = ""
     wav: Path | None = None
     duration: float = 0.0
-    extra: dict[str, str] = field(default_factory=dict)
+    audio_info: ImportResult = field(default_factory=ImportResult)
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
 
 
 # --- reading the inputs -------------------------------------------------------------
-
-
-def _read_table(path: Path, sep: str) -> pd.DataFrame:
-    """Read a tsv/csv as strings, tolerating a BOM and CRLF line ends."""
-    return pd.read_csv(
-        path,
-        sep=sep,
-        dtype=str,
-        keep_default_na=False,
-        encoding="utf-8-sig",
-        quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL,
-    )
-
-
-def _require_columns(df: pd.DataFrame, path: Path, columns: Iterable[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise CorpusError(
-            f"{path} has no column(s) {missing}; found {list(df.columns)}. "
-            "Common Voice tsv files need 'path' and 'sentence'; DeepSpeech CSVs need "
-            "'wav_filename' and 'transcript'."
-        )
 
 
 def read_common_voice(corpus_dir: Path, cfg: CorpusConfig) -> list[Row]:
@@ -95,22 +101,24 @@ def read_common_voice(corpus_dir: Path, cfg: CorpusConfig) -> list[Row]:
         tsv = corpus_dir / f"{split}.tsv"
         if not tsv.is_file():
             raise CorpusError(f"{tsv} is missing; a Common Voice release has {split}.tsv")
-        df = _read_table(tsv, "\t")
-        _require_columns(df, tsv, ["path", "sentence"])
-        for i, rec in enumerate(df.to_dict("records")):
-            name, sentence = rec["path"].strip(), rec["sentence"]
-            rows.append(
-                Row(
-                    split=split,
-                    source=str(tsv),
-                    line=i + 2,
-                    audio=corpus_dir / "clips" / name if name else None,
-                    sentence=sentence,
-                    transcript=_normalize(sentence, cfg),
-                    reason=None if name else "bad_row",
-                    detail="" if name else "empty 'path' value",
-                )
+        for t in _read(tsv, "\t", ["path", "sentence"]):
+            f = t.fields or {}
+            name = f.get("path", "").strip()
+            sentence = f.get("sentence", "")
+            row = Row(
+                split,
+                str(tsv),
+                t.line,
+                corpus_dir / "clips" / name if name else None,
+                sentence,
+                _normalize(sentence, cfg),
+                speaker=f.get("client_id", ""),
             )
+            if t.fields is None:
+                row.reject("bad_row", t.problem)
+            elif not name:
+                row.reject("bad_row", "empty 'path' value")
+            rows.append(row)
     return rows
 
 
@@ -121,26 +129,27 @@ def read_deepspeech_csvs(split: str, files: Iterable[Path]) -> list[Row]:
         csv_path = Path(csv_path)
         if not csv_path.is_file():
             raise CorpusError(f"--{split}_files: {csv_path} does not exist")
-        df = _read_table(csv_path, ",")
-        _require_columns(df, csv_path, ["wav_filename", "transcript"])
-        for i, rec in enumerate(df.to_dict("records")):
-            name, transcript = rec["wav_filename"].strip(), rec["transcript"]
+        for t in _read(csv_path, ",", ["wav_filename", "transcript"]):
+            f = t.fields or {}
+            name = f.get("wav_filename", "").strip()
             audio = Path(name) if name else None
             if audio is not None and not audio.is_absolute():
                 audio = csv_path.parent / audio
-            rows.append(
-                Row(
-                    split=split,
-                    source=str(csv_path),
-                    line=i + 2,
-                    audio=audio,
-                    sentence=transcript,
-                    transcript=transcript.strip(),
-                    reason=None if name else "bad_row",
-                    detail="" if name else "empty 'wav_filename' value",
-                )
-            )
+            transcript = f.get("transcript", "")
+            row = Row(split, str(csv_path), t.line, audio, transcript, transcript.strip())
+            if t.fields is None:
+                row.reject("bad_row", t.problem)
+            elif not name:
+                row.reject("bad_row", "empty 'wav_filename' value")
+            rows.append(row)
     return rows
+
+
+def _read(path: Path, delimiter: str, required: list[str]):
+    try:
+        return read_table(path, delimiter, required)
+    except TableError as exc:
+        raise CorpusError(str(exc)) from exc
 
 
 def _normalize(sentence: str, cfg: CorpusConfig) -> str:
@@ -166,101 +175,141 @@ def feature_frames(n_samples: int, features: FeatureConfig) -> int:
 
 
 def _check_text(row: Row, alphabet: Alphabet) -> None:
-    if row.reason:
+    if not row.ok:
         return
     if not row.transcript.strip():
-        row.reason, row.detail = "empty_transcript", f"sentence {row.sentence!r} is empty"
+        row.reject("empty_transcript", f"sentence {row.sentence!r} has no transcribable text")
         return
     missing = alphabet.missing(row.transcript)
     if missing:
-        row.reason = "alphabet"
-        row.detail = "characters not in the alphabet: " + " ".join(repr(c) for c in missing)
+        row.reject(
+            "alphabet", "characters not in the alphabet: " + " ".join(repr(c) for c in missing)
+        )
 
 
 def _check_missing(row: Row) -> None:
-    if not row.reason and (row.audio is None or not row.audio.is_file()):
-        row.reason, row.detail = "missing_file", f"{row.audio} does not exist"
+    if row.ok and (row.audio is None or not row.audio.is_file()):
+        row.reject("missing_file", f"{row.audio} does not exist")
 
 
-def _check_duration(row: Row, n_samples: int, features: FeatureConfig, max_duration: float):
+def _check_duration(row: Row, features: FeatureConfig, max_duration: float) -> None:
+    n_samples = row.audio_info.n_samples
     row.duration = n_samples / features.audio_sample_rate
     if row.duration > max_duration:
-        row.reason = "too_long"
-        row.detail = f"{row.duration:.2f} s > --max_duration {max_duration:g} s"
+        row.reject("too_long", f"{row.duration:.2f} s > --max_duration {max_duration:g} s")
         return
     frames, needed = feature_frames(n_samples, features), ctc_required_frames(row.transcript)
     if frames < needed:
-        row.reason = "too_short"
-        row.detail = f"{frames} feature frames for a transcript that needs {needed}"
+        row.reject("too_short", f"{frames} feature frames for a transcript that needs {needed}")
 
 
-# --- audio import -------------------------------------------------------------------
+def _check_duplicates(rows: list[Row]) -> None:
+    """Same decoded audio twice: keep one copy.
 
-
-def _import_name(src: Path) -> str:
-    """Output name that changes whenever the source file changes (path, size, mtime)."""
-    st = src.stat()
-    key = f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return f"{src.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.wav"
-
-
-def _import_one(job: tuple[str, str, int]) -> tuple[int, str | None, str]:
-    """Worker: make `dst` a 16 kHz mono wav of `src`. Returns (samples, reason, detail)."""
-    src, dst, rate = Path(job[0]), Path(job[1]), job[2]
-    try:
-        if dst.is_file():  # written atomically, so an existing file is complete
-            return soundfile.info(str(dst)).frames, None, ""
-        audio = read_audio(src, rate)
-        write_wav(dst, audio.samples, rate)
-        return len(audio.samples), None, ""
-    except AudioError as exc:
-        return 0, exc.reason, exc.detail
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    Splits are visited test, dev, train, so a clip in both train and test stays in
+    test and its train copy is rejected as leakage (the test set stays as published);
+    a repeat inside one split is a duplicate.
+    """
+    seen: dict[str, Row] = {}
+    for split in ("test", "dev", "train"):
+        for row in rows:
+            if row.split != split or not row.ok:
+                continue
+            first = seen.setdefault(row.audio_info.pcm_sha256, row)
+            if first is row:
+                continue
+            where = f"{Path(first.source).name}:{first.line}"
+            if first.split == row.split:
+                row.reject("duplicate", f"same audio as {where} ({first.audio})")
+            else:
+                row.reject("leakage", f"same audio as {first.split} row {where} ({first.audio})")
 
 
 def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: FeatureConfig):
-    """Give every still-valid row a model-ready wav, converting in parallel where needed."""
-    rate = features.audio_sample_rate
-    todo: list[Row] = []
-    for row in rows:
-        if row.reason:
-            continue
-        assert row.audio is not None
-        if row.audio.suffix.lower() == ".wav" and is_model_ready_wav(row.audio, rate):
-            row.wav = row.audio
-            _check_duration(row, soundfile.info(str(row.audio)).frames, features, cfg.max_duration)
-        else:
-            row.wav = clips_dir / _import_name(row.audio)
-            todo.append(row)
+    """Give every still-valid row a model-ready wav (converting in parallel where needed)."""
+    todo = [r for r in rows if r.ok]
     if not todo:
         return
     clips_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temporaries(clips_dir)
+    if stale:
+        log.info("removed %d partial file(s) left by an interrupted import", stale)
+    jobs = [plan_job(r.audio, clips_dir, features.audio_sample_rate) for r in todo]
     workers = cfg.import_workers or os.cpu_count() or 1
-    jobs = [(str(r.audio), str(r.wav), rate) for r in todo]
-    log.info("importing %d clips to %d Hz mono wav with %d workers", len(jobs), rate, workers)
-    for done, (row, (n_samples, reason, detail)) in enumerate(
-        zip(todo, _run_import_jobs(jobs, workers), strict=True), start=1
+    log.info(
+        "reading %d clips (%d to import) with %d workers",
+        len(jobs),
+        sum(j.source != j.target for j in jobs),
+        workers,
+    )
+    for done, (row, job, result) in enumerate(
+        zip(todo, jobs, run_jobs(jobs, workers), strict=True), start=1
     ):
-        if reason:
-            row.reason, row.detail, row.wav = reason, detail, None
+        row.audio_info = result
+        if result.reason:
+            row.reject(result.reason, result.detail)
         else:
-            _check_duration(row, n_samples, features, cfg.max_duration)
-        if done % 1000 == 0:
-            log.info("imported %d/%d clips", done, len(jobs))
+            row.wav = Path(job.target)
+            _check_duration(row, features, cfg.max_duration)
+        if done % 2000 == 0:
+            log.info("read %d/%d clips", done, len(jobs))
 
 
-def _run_import_jobs(jobs: list[tuple[str, str, int]], workers: int) -> Iterator[tuple]:
-    """Results of `_import_one` in job order, from a process pool when it pays off."""
-    if workers == 1 or len(jobs) < 8:
-        yield from map(_import_one, jobs)
-        return
-    # forkserver, not fork: the calling process may already run TensorFlow threads.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        yield from pool.map(_import_one, jobs, chunksize=max(1, min(64, len(jobs) // workers // 4)))
+# --- reporting ----------------------------------------------------------------------
+
+
+def _overlap_warning(rows: list[Row]) -> dict:
+    """Speakers and sentences in both train and test: allowed, but worth knowing."""
+    kept = [r for r in rows if r.ok]
+    found = {}
+    for key, attr in (("speakers", "speaker"), ("sentences", "transcript")):
+        train = {getattr(r, attr) for r in kept if r.split == "train" and getattr(r, attr)}
+        test = {getattr(r, attr) for r in kept if r.split == "test" and getattr(r, attr)}
+        shared = sorted(train & test)
+        found[key] = {"count": len(shared), "examples": shared[:10]}
+        if shared:
+            log.warning(
+                "%d %s appear in both train and test (e.g. %s): test scores may be optimistic",
+                len(shared),
+                key,
+                ", ".join(repr(s) for s in shared[:3]),
+            )
+    return found
+
+
+def _split_stats(rows: list[Row], split: str, sample_rate: int) -> dict:
+    kept = [r for r in rows if r.split == split and r.ok]
+    durations = np.array([r.duration for r in kept]) if kept else np.zeros(1)
+    p5, p50, p95 = np.percentile(durations, [5, 50, 95])
+    return {
+        "clips": len(kept),
+        "hours": round(float(durations.sum()) / 3600, 4),
+        "rejected": dict(Counter(r.reason for r in rows if r.split == split and not r.ok)),
+        "resampled": sum(r.audio_info.source_rate not in (0, sample_rate) for r in kept),
+        "downmixed": sum(r.audio_info.source_channels > 1 for r in kept),
+        "duration_seconds": {
+            "min": round(float(durations.min()), 3),
+            "p5": round(float(p5), 3),
+            "median": round(float(p50), 3),
+            "p95": round(float(p95), 3),
+            "max": round(float(durations.max()), 3),
+        },
+    }
+
+
+def _rejected_examples(rows: list[Row], per_reason: int = 5) -> dict[str, list[dict]]:
+    examples: dict[str, list[dict]] = {}
+    for r in rows:
+        if not r.ok and len(examples.setdefault(r.reason, [])) < per_reason:
+            examples[r.reason].append(
+                {
+                    "source": r.source,
+                    "line": r.line,
+                    "wav_filename": str(r.audio or ""),
+                    "detail": r.detail,
+                }
+            )
+    return examples
 
 
 # --- the stage ----------------------------------------------------------------------
@@ -269,13 +318,13 @@ def _run_import_jobs(jobs: list[tuple[str, str, int]], workers: int) -> Iterator
 def _source_rows(cfg: CorpusConfig) -> list[Row]:
     if cfg.corpus is not None:
         return read_common_voice(cfg.corpus, cfg)
-    rows: list[Row] = []
-    for split in SPLITS:
-        rows += read_deepspeech_csvs(split, getattr(cfg, f"{split}_files"))
-    if not rows and not any(getattr(cfg, f"{s}_files") for s in SPLITS):
+    if not any(getattr(cfg, f"{s}_files") for s in SPLITS):
         raise CorpusError(
             "no input: give --corpus CV_DIR or --train_files/--dev_files/--test_files"
         )
+    rows: list[Row] = []
+    for split in SPLITS:
+        rows += read_deepspeech_csvs(split, getattr(cfg, f"{split}_files"))
     return rows
 
 
@@ -326,7 +375,7 @@ def _choose_alphabet(rows: list[Row], alphabet_path: Path | None) -> Alphabet:
         if not alphabet_path.is_file():
             raise CorpusError(f"--alphabet_config_path {alphabet_path} does not exist")
         return Alphabet.load(alphabet_path)
-    train = [r.transcript for r in rows if r.split == "train" and not r.reason and r.transcript]
+    train = [r.transcript for r in rows if r.split == "train" and r.ok and r.transcript]
     if not train:
         raise CorpusError(
             "no alphabet: give --alphabet_config_path, or training transcripts to derive it from"
@@ -334,40 +383,29 @@ def _choose_alphabet(rows: list[Row], alphabet_path: Path | None) -> Alphabet:
     return Alphabet.from_transcripts(train)
 
 
-def _write_split(path: Path, rows: list[Row]) -> None:
-    df = pd.DataFrame(
-        [
-            {
-                "wav_filename": str(r.wav),
-                "wav_filesize": r.wav.stat().st_size if r.wav else 0,
-                "transcript": r.transcript,
-                "duration": round(r.duration, 4),
-                "sentence": r.sentence,
-            }
-            for r in rows
-        ],
-        columns=SPLIT_COLUMNS,
-    )
+def _write_csv(path: Path, records: list[dict], columns: list[str]) -> None:
     with atomic_path(path, suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
+        pd.DataFrame(records, columns=columns).to_csv(tmp, index=False)
 
 
-def _write_rejected(path: Path, rows: list[Row]) -> None:
-    df = pd.DataFrame(
-        [
-            {
-                "source": r.source,
-                "line": r.line,
-                "wav_filename": str(r.audio) if r.audio else "",
-                "reason": r.reason,
-                "detail": r.detail,
-            }
-            for r in rows
-        ],
-        columns=REJECTED_COLUMNS,
-    )
-    with atomic_path(path, suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
+def _split_record(r: Row) -> dict:
+    return {
+        "wav_filename": str(r.wav),
+        "wav_filesize": r.wav.stat().st_size,
+        "transcript": r.transcript,
+        "duration": round(r.duration, 4),
+        "sentence": r.sentence,
+    }
+
+
+def _rejected_record(r: Row) -> dict:
+    return {
+        "source": r.source,
+        "line": r.line,
+        "wav_filename": str(r.audio or ""),
+        "reason": r.reason,
+        "detail": r.detail,
+    }
 
 
 def validate_corpus(
@@ -394,44 +432,37 @@ def validate_corpus(
     for row in rows:
         _check_text(row, alphabet)
     import_audio(rows, out / "clips", cfg, features)
+    _check_duplicates(rows)
 
-    splits_present = sorted({r.split for r in rows}, key=SPLITS.index)
-    splits: dict[str, Path] = {}
-    for split in splits_present:
-        good = [r for r in rows if r.split == split and not r.reason]
-        if not good:
-            reasons = Counter(r.reason for r in rows if r.split == split)
+    present = [s for s in SPLITS if any(r.split == s for r in rows)]
+    for split in present:
+        if not any(r.split == split and r.ok for r in rows):
+            reasons = dict(Counter(r.reason for r in rows if r.split == split))
             raise CorpusError(
-                f"the {split} split has no usable clips after validation "
-                f"(rejected: {dict(reasons)}); see {out / 'rejected.csv'}"
+                f"the {split} split has no usable clips after validation (rejected: {reasons}). "
+                f"Check the {split} files and audio paths; details in {out / 'rejected.csv'}"
             )
-        splits[split] = out / f"{split}.csv"
-        _write_split(splits[split], good)
-    rejected_rows = [r for r in rows if r.reason]
-    _write_rejected(out / "rejected.csv", rejected_rows)
+    splits = {s: out / f"{s}.csv" for s in present}
+    for split in present:
+        _write_csv(
+            splits[split],
+            [_split_record(r) for r in rows if r.split == split and r.ok],
+            SPLIT_COLUMNS,
+        )
+    _write_csv(
+        out / "rejected.csv", [_rejected_record(r) for r in rows if not r.ok], REJECTED_COLUMNS
+    )
     alphabet.save(out / "alphabet.txt")
 
-    rejected = {
-        s: dict(Counter(r.reason for r in rejected_rows if r.split == s)) for s in splits_present
-    }
-    counts = {s: sum(1 for r in rows if r.split == s and not r.reason) for s in splits_present}
-    hours = {
-        s: round(sum(r.duration for r in rows if r.split == s and not r.reason) / 3600, 4)
-        for s in splits_present
-    }
-    fingerprint = text_sha256(alphabet.to_text(), *(file_sha256(splits[s]) for s in splits_present))
+    stats = {s: _split_stats(rows, s, features.audio_sample_rate) for s in present}
     report_path = Path(workdir) / "reports" / "validation.json"
     atomic_write_json(
         report_path,
         {
-            "counts": counts,
-            "hours": hours,
-            "rejected": rejected,
+            "splits": stats,
             "alphabet": "".join(alphabet.characters),
-            "rejected_examples": [
-                {"source": r.source, "line": r.line, "reason": r.reason, "detail": r.detail}
-                for r in rejected_rows[:20]
-            ],
+            "overlap_train_test": _overlap_warning(rows),
+            "rejected_examples": _rejected_examples(rows),
         },
     )
     manifest = CorpusManifest(
@@ -440,10 +471,10 @@ def validate_corpus(
         rejected_csv=out / "rejected.csv",
         alphabet_path=out / "alphabet.txt",
         report_path=report_path,
-        counts=counts,
-        rejected=rejected,
-        hours=hours,
-        fingerprint=fingerprint,
+        counts={s: stats[s]["clips"] for s in present},
+        rejected={s: stats[s]["rejected"] for s in present},
+        hours={s: stats[s]["hours"] for s in present},
+        fingerprint=text_sha256(alphabet.to_text(), *(file_sha256(splits[s]) for s in present)),
     )
     atomic_write_json(
         out / "manifest.json",
@@ -453,13 +484,15 @@ def validate_corpus(
             "manifest": manifest.model_dump(mode="json"),
         },
     )
-    for split in splits_present:
+    for s in present:
         log.info(
-            "%s: %d clips (%.2f h) kept, %d rejected %s",
-            split,
-            counts[split],
-            hours[split],
-            sum(rejected[split].values()),
-            rejected[split],
+            "%s: %d clips (%.2f h) kept, %d rejected %s; %d resampled, %d downmixed",
+            s,
+            stats[s]["clips"],
+            stats[s]["hours"],
+            sum(stats[s]["rejected"].values()),
+            stats[s]["rejected"],
+            stats[s]["resampled"],
+            stats[s]["downmixed"],
         )
     return manifest
