@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.corpus import REASONS, validate_corpus
 from deepspeech_core.manifests import CorpusManifest
 from tasks.reporting import core_logs_to_run_log
 
@@ -26,6 +27,52 @@ def alphabet_for(config: PipelineConfig) -> Path | None:
     return from_checkpoint if from_checkpoint.is_file() else None
 
 
+def _report_artifacts(manifest: CorpusManifest) -> None:
+    report = json.loads(manifest.report_path.read_text())
+    splits = report["splits"]
+    create_table_artifact(
+        key="corpus-validation",
+        table=[
+            {
+                "split": split,
+                "clips": s["clips"],
+                "hours": s["hours"],
+                "resampled": s["resampled"],
+                "downmixed": s["downmixed"],
+                **{f"dur_{k}_s": v for k, v in s["duration_seconds"].items()},
+                **{reason: s["rejected"].get(reason, 0) for reason in REASONS},
+            }
+            for split, s in splits.items()
+        ],
+        description=f"Clips kept and rejected per split; rejected rows: {manifest.rejected_csv}",
+    )
+    examples = [
+        {"reason": reason, **row}
+        for reason, rows in report["rejected_examples"].items()
+        for row in rows
+    ]
+    if examples:
+        create_table_artifact(
+            key="corpus-rejected-examples",
+            table=examples,
+            description="The first rejected rows of each reason",
+        )
+    overlap = report["overlap_train_test"]
+    create_markdown_artifact(
+        key="corpus-summary",
+        markdown=(
+            f"**Corpus** `{manifest.corpus_dir}`: "
+            + ", ".join(
+                f"{k} {v} clips ({manifest.hours[k]:.2f} h)" for k, v in manifest.counts.items()
+            )
+            + f"\n\nAlphabet: `{report['alphabet']}`\n\n"
+            f"Speakers in both train and test: {overlap['speakers']['count']}; "
+            f"sentences in both: {overlap['sentences']['count']}"
+        ),
+        description="Validation summary",
+    )
+
+
 @task(name="validate_corpus", task_run_name="validate-corpus", cache_policy=NO_CACHE)
 def validate_corpus_task(config: PipelineConfig) -> CorpusManifest:
     with core_logs_to_run_log() as log:
@@ -34,19 +81,5 @@ def validate_corpus_task(config: PipelineConfig) -> CorpusManifest:
         )
         if manifest.reused:
             log.info("corpus unchanged: reused the validation of an earlier run")
-    table = [
-        {
-            "split": split,
-            "clips": manifest.counts[split],
-            "hours": manifest.hours[split],
-            "rejected": sum(manifest.rejected[split].values()),
-            **{f"rejected_{k}": v for k, v in sorted(manifest.rejected[split].items())},
-        }
-        for split in manifest.splits
-    ]
-    create_table_artifact(
-        table=table,
-        key="corpus-validation",
-        description=f"Clips kept and rejected per split; details in {manifest.rejected_csv}",
-    )
+    _report_artifacts(manifest)
     return manifest

@@ -186,3 +186,25 @@ def test_prefect_retry_of_train_resumes_from_the_checkpoint(tiny_cv, tmp_path, m
     # epoch 0 ended at step 4 with a checkpoint; the retry continued from there.
     assert result.training.resumed_from_step == 4
     assert result.training.steps == 8 and result.training.epochs == 2
+
+
+def test_each_stage_left_artifacts(full_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = [
+        "corpus-validation",
+        "corpus-summary",
+        "feature-cache",
+        "training-progress",
+        "training-loss",
+        "evaluation",
+        "export",
+    ]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    assert {a.key for a in found} == set(keys)
+    table = next(a for a in found if a.key == "corpus-validation")
+    assert "too_short" in str(table.data) and "dur_median_s" in str(table.data)
