@@ -7,6 +7,7 @@ The `sox` program remains the fallback for formats libsndfile does not read.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from deepspeech_core.io_utils import atomic_path
+from deepspeech_core.io_utils import atomic_write_bytes
 
 
 class AudioError(Exception):
@@ -67,7 +68,7 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
 
 
 def read_audio(path: Path, sample_rate: int) -> Audio:
-    """Decode `path`, downmix to mono and resample to `sample_rate` (SoX's VHQ resampler)."""
+    """Decode `path`, downmix to mono, resample to `sample_rate` (SoX's default quality)."""
     path = Path(path)
     if not path.is_file():
         raise AudioError("missing_file", f"{path} does not exist")
@@ -77,16 +78,22 @@ def read_audio(path: Path, sample_rate: int) -> Audio:
     channels = data.shape[1]
     mono = data.mean(axis=1) if channels > 1 else data[:, 0]
     if rate != sample_rate and len(mono):
-        mono = soxr.resample(mono, rate, sample_rate, quality="VHQ")
+        mono = soxr.resample(mono, rate, sample_rate, quality="HQ")
     if len(mono) == 0:
         raise AudioError("empty_audio", f"{path.name} has no samples")
     return Audio(to_int16(mono), sample_rate, rate, channels)
 
 
 def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    """Write 16-bit PCM wav atomically (temp file, then rename)."""
-    with atomic_path(Path(path), suffix=".wav") as tmp:
-        soundfile.write(str(tmp), samples, sample_rate, subtype="PCM_16", format="WAV")
+    """Write 16-bit PCM wav atomically (temp file, then rename).
+
+    Encoded in memory first: libsndfile syncs the file to disk when closing it, which
+    costs more than the encoding on a slow filesystem and buys nothing here (a rename
+    already makes the file appear whole or not at all).
+    """
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sample_rate, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def read_wav_int16(path: Path) -> tuple[np.ndarray, int]:

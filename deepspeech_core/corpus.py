@@ -272,7 +272,7 @@ def _overlap_warning(rows: list[Row]) -> dict:
                 "%d %s appear in both train and test (e.g. %s): test scores may be optimistic",
                 len(shared),
                 key,
-                ", ".join(repr(s) for s in shared[:3]),
+                ", ".join(repr(s[:16]) for s in shared[:3]),
             )
     return found
 
