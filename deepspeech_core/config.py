@@ -103,6 +103,20 @@ class ExportConfig(_Section):
     export_dir: Path | None = Field(None, description="Default: WORKDIR/export.")
 
 
+class ExecutionConfig(_Section):
+    """Where the parallel work of a run goes (feature shards today)."""
+
+    task_runner: Literal["threads", "processes", "dask"] = Field(
+        "threads",
+        description="Runs feature shards on local threads, local processes, or a Dask cluster.",
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler address for --task_runner dask; unset = a local cluster."
+    )
+    workers: int = Field(0, ge=0, description="Local threads/processes; 0 = all cores.")
+    shard_size: int = Field(2000, ge=1, description="Clips per feature-cache shard.")
+
+
 class PipelineConfig(_Section):
     """The train-cv flow's parameter: every stage's settings in one validated model."""
 
@@ -113,6 +127,7 @@ class PipelineConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -52,8 +52,15 @@ REASONS = (
     "leakage",
 )
 REJECTED_COLUMNS = ["source", "line", "wav_filename", "reason", "detail"]
-SPLIT_COLUMNS = ["wav_filename", "wav_filesize", "transcript", "duration", "sentence"]
-_LAYOUT_VERSION = "2"
+SPLIT_COLUMNS = [
+    "wav_filename",
+    "wav_filesize",
+    "transcript",
+    "duration",
+    "sentence",
+    "content_hash",
+]
+_LAYOUT_VERSION = "3"
 
 
 class CorpusError(ValueError):
@@ -395,6 +402,7 @@ def _split_record(r: Row) -> dict:
         "transcript": r.transcript,
         "duration": round(r.duration, 4),
         "sentence": r.sentence,
+        "content_hash": r.audio_info.pcm_sha256,
     }
 
 

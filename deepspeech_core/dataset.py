@@ -18,7 +18,7 @@ import pandas as pd
 import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.feature_cache import load_features
+from deepspeech_core.feature_cache import ShardReader
 
 
 class Batch(NamedTuple):
@@ -34,7 +34,9 @@ class Batch(NamedTuple):
 class SplitIndex:
     """One split of the feature cache, ready to batch."""
 
-    feature_files: list[Path]
+    reader: ShardReader
+    shards: list[str]
+    offsets: np.ndarray
     n_frames: np.ndarray
     durations: np.ndarray
     transcripts: list[str]
@@ -42,14 +44,18 @@ class SplitIndex:
     wav_filenames: list[str]
 
     def __len__(self) -> int:
-        return len(self.feature_files)
+        return len(self.shards)
+
+    def features(self, i: int) -> np.ndarray:
+        return self.reader.read(self.shards[i], int(self.offsets[i]), int(self.n_frames[i]))
 
     @classmethod
     def load(cls, index_csv: Path, alphabet: Alphabet) -> SplitIndex:
-        df = pd.read_csv(index_csv, dtype={"transcript": str}, keep_default_na=False)
-        base = Path(index_csv).parent
+        df = pd.read_csv(index_csv, dtype={"transcript": str, "shard": str}, keep_default_na=False)
         return cls(
-            feature_files=[base / f for f in df["feature_file"]],
+            reader=ShardReader(Path(index_csv).parent),
+            shards=list(df["shard"]),
+            offsets=df["offset"].to_numpy(np.int64),
             n_frames=df["n_frames"].to_numpy(np.int64),
             durations=df["duration"].to_numpy(np.float64),
             transcripts=list(df["transcript"]),
@@ -91,7 +97,7 @@ def _pad(arrays: Sequence[np.ndarray], dtype: type, width: int | None = None) ->
 
 
 def load_batch(index: SplitIndex, ids: np.ndarray) -> Batch:
-    feats = [load_features(index.feature_files[i]) for i in ids]
+    feats = [index.features(i) for i in ids]
     labels = [index.labels[i] for i in ids]
     return Batch(
         features=_pad(feats, np.float32),

@@ -1,20 +1,30 @@
-"""The features stage: MFCCs computed once per clip, keyed by audio content and params.
+"""The features stage: MFCCs computed once per clip, stored in shards, reused forever.
 
 Layout under WORKDIR/features:
 
-    <namespace>/params.json             feature parameters this namespace was made with
-    <namespace>/clips/ab/<sha256>.npy   MFCCs [frames, n_input] float32 of one wav's bytes
-    <namespace>/index_<split>.csv       wav_filename, content_hash, n_frames, transcript, ...
-    <namespace>/manifest.json           the corpus fingerprint the indexes were built for
+    <namespace>/params.json                  the feature parameters of this namespace
+    <namespace>/shards/<id>.npy              frames of many clips, concatenated [N, n_input]
+    <namespace>/shards/<id>.index.csv        content_hash, offset, n_frames per clip
+    <namespace>/index_<split>.csv            a split's clips: where their frames are
+    <namespace>/manifest.json                the corpus fingerprint the indexes are for
 
-A change of feature parameters gives a new namespace beside the old one; a clip whose
-bytes were seen before (in any split, any run) is never recomputed.
+Clips are keyed by the hash of their decoded audio (from validation), so a clip seen in
+any earlier run, split or corpus is never recomputed, and a change of feature parameters
+writes a new namespace beside the old one. A shard's array is written first and its
+index last, each to a temporary name renamed into place: a shard without an index is
+invisible, so a killed build leaves nothing half-done that a later one would trust.
+Shards are independent jobs, so the build fans out over processes, threads or a Dask
+cluster; `build_feature_cache` takes the map function to use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +33,22 @@ import pandas as pd
 from deepspeech_core.audio import read_wav_int16
 from deepspeech_core.config import FeatureConfig
 from deepspeech_core.features import MfccExtractor
-from deepspeech_core.io_utils import (
-    atomic_path,
-    atomic_write_json,
-    file_sha256,
-    text_sha256,
-)
+from deepspeech_core.io_utils import atomic_path, atomic_write_json, text_sha256
 from deepspeech_core.manifests import CorpusManifest, FeatureCacheManifest
 
 log = logging.getLogger(__name__)
 
-FEATURE_VERSION = "deepspeech-0.9.3-mfcc-1"
+FEATURE_VERSION = "deepspeech-0.9.3-mfcc-2"
 INDEX_COLUMNS = [
     "wav_filename",
     "content_hash",
+    "shard",
+    "offset",
     "n_frames",
     "duration",
     "transcript",
-    "feature_file",
 ]
+_MFCC_BATCH = 64  # clips per op call: amortises call overhead, bounds memory
 
 
 def namespace_for(features: FeatureConfig) -> str:
@@ -50,104 +57,202 @@ def namespace_for(features: FeatureConfig) -> str:
     return "mfcc-" + text_sha256(FEATURE_VERSION, json.dumps(params, sort_keys=True))[:16]
 
 
-def feature_path(ns_dir: Path, content_hash: str) -> Path:
-    return ns_dir / "clips" / content_hash[:2] / f"{content_hash}.npy"
+@dataclass(frozen=True)
+class ShardJob:
+    """Clips to featurise into one shard: (content hash, wav path) pairs."""
+
+    namespace_dir: str
+    name: str
+    clips: tuple[tuple[str, str], ...]
+    features: FeatureConfig
 
 
-def load_features(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+@dataclass(frozen=True)
+class ShardResult:
+    name: str
+    clips: int
+    frames: int
+    audio_seconds: float
+    seconds: float
 
 
-class FeatureCache:
-    """Compute-or-reuse MFCCs for wav files; counts what it computed for tests and logs."""
+def read_catalog(ns_dir: Path) -> pd.DataFrame:
+    """Every clip in every complete shard: content_hash, shard, offset, n_frames."""
+    indexes = sorted((Path(ns_dir) / "shards").glob("*.index.csv"))
+    if not indexes:
+        return pd.DataFrame(columns=["content_hash", "shard", "offset", "n_frames"])
+    frames = [pd.read_csv(p, dtype={"content_hash": str, "shard": str}) for p in indexes]
+    return pd.concat(frames, ignore_index=True).drop_duplicates("content_hash")
 
-    def __init__(self, cache_dir: Path, features: FeatureConfig) -> None:
-        self.features = features
-        self.namespace = namespace_for(features)
-        self.dir = Path(cache_dir) / self.namespace
-        self._extract: MfccExtractor | None = None
-        self.computed = 0
-        self.reused = 0
 
-    def _extractor(self) -> MfccExtractor:
-        if self._extract is None:
-            self._extract = MfccExtractor(self.features)
-        return self._extract
+def plan_shards(
+    ns_dir: Path, missing: Iterable[tuple[str, str]], features: FeatureConfig, shard_size: int
+) -> list[ShardJob]:
+    """Group clips (sorted by hash, so a plan is reproducible) into shard jobs."""
+    clips = sorted(set(missing))
+    jobs = []
+    for i in range(0, len(clips), shard_size):
+        chunk = tuple(clips[i : i + shard_size])
+        name = hashlib.sha256("".join(h for h, _ in chunk).encode()).hexdigest()[:20]
+        jobs.append(ShardJob(str(ns_dir), name, chunk, features))
+    return jobs
 
-    def ensure(self, wav: Path) -> tuple[str, int]:
-        """Return (content hash, frame count) for `wav`, computing its MFCCs if new."""
-        content_hash = file_sha256(wav)
-        path = feature_path(self.dir, content_hash)
-        if path.is_file():
-            self.reused += 1
-            return content_hash, int(np.load(path, mmap_mode="r").shape[0])
-        samples, rate = read_wav_int16(wav)
-        if rate != self.features.audio_sample_rate:
-            raise ValueError(
-                f"{wav} is {rate} Hz but features are for {self.features.audio_sample_rate} Hz; "
-                "run the validate stage, which resamples"
-            )
-        mfccs = self._extractor()(samples)
-        with atomic_path(path, suffix=".npy") as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, mfccs.astype(np.float32), allow_pickle=False)
-        self.computed += 1
-        return content_hash, int(mfccs.shape[0])
+
+def build_shard(job: ShardJob) -> ShardResult:
+    """Featurise one shard's clips; array first, index last, both atomically."""
+    started = time.perf_counter()
+    shards = Path(job.namespace_dir) / "shards"
+    extractor = MfccExtractor(job.features)
+    rate = job.features.audio_sample_rate
+    arrays: list[np.ndarray] = []
+    audio_samples = 0
+    for i in range(0, len(job.clips), _MFCC_BATCH):
+        batch = []
+        for _, wav in job.clips[i : i + _MFCC_BATCH]:
+            samples, wav_rate = read_wav_int16(Path(wav))
+            if wav_rate != rate:
+                raise ValueError(
+                    f"{wav} is {wav_rate} Hz but features are for {rate} Hz; "
+                    "run the validate stage, which resamples"
+                )
+            batch.append(samples)
+            audio_samples += len(samples)
+        arrays += extractor.batch(batch)
+    lengths = np.array([len(a) for a in arrays], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    data = np.concatenate(arrays).astype(np.float32) if arrays else np.zeros((0, 26), np.float32)
+    with atomic_path(shards / f"{job.name}.npy", suffix=".npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, data, allow_pickle=False)
+    index = pd.DataFrame(
+        {
+            "content_hash": [h for h, _ in job.clips],
+            "shard": job.name,
+            "offset": offsets,
+            "n_frames": lengths,
+        }
+    )
+    with atomic_path(shards / f"{job.name}.index.csv", suffix=".csv") as tmp:
+        index.to_csv(tmp, index=False)
+    return ShardResult(
+        job.name,
+        len(job.clips),
+        int(lengths.sum()),
+        audio_samples / rate,
+        time.perf_counter() - started,
+    )
+
+
+MapFn = Callable[[Callable[[ShardJob], ShardResult], list[ShardJob]], list[ShardResult]]
+
+
+def serial_map(fn: Callable[[ShardJob], ShardResult], jobs: list[ShardJob]) -> list[ShardResult]:
+    return [fn(job) for job in jobs]
+
+
+class ShardReader:
+    """Reads clips' frames from memory-mapped shards (opened once, then shared)."""
+
+    def __init__(self, ns_dir: Path) -> None:
+        self.dir = Path(ns_dir) / "shards"
+        self._open: dict[str, np.ndarray] = {}
+
+    def read(self, shard: str, offset: int, n_frames: int) -> np.ndarray:
+        array = self._open.get(shard)
+        if array is None:
+            array = np.load(self.dir / f"{shard}.npy", mmap_mode="r")
+            self._open[shard] = array
+        return np.asarray(array[offset : offset + n_frames])
+
+
+def _split_clips(csv_path: Path) -> pd.DataFrame:
+    df = pd.read_csv(
+        csv_path, dtype={"transcript": str, "content_hash": str}, keep_default_na=False
+    )
+    if "content_hash" not in df.columns:
+        raise ValueError(f"{csv_path} has no content_hash column: rerun the validate stage")
+    return df
 
 
 def build_feature_cache(
-    corpus: CorpusManifest, features: FeatureConfig, workdir: Path
+    corpus: CorpusManifest,
+    features: FeatureConfig,
+    workdir: Path,
+    shard_size: int = 2000,
+    map_fn: MapFn = serial_map,
 ) -> FeatureCacheManifest:
     """Make sure every clip of every split has cached features; write the split indexes."""
-    cache = FeatureCache(Path(workdir) / "features", features)
-    manifest_path = cache.dir / "manifest.json"
-    fingerprint = text_sha256(corpus.fingerprint, cache.namespace)
+    ns = namespace_for(features)
+    ns_dir = Path(workdir) / "features" / ns
+    manifest_path = ns_dir / "manifest.json"
+    fingerprint = text_sha256(corpus.fingerprint, ns)
     if manifest_path.is_file():
         previous = FeatureCacheManifest.model_validate_json(manifest_path.read_text())
         if previous.fingerprint == fingerprint and all(
             p.is_file() for p in previous.indexes.values()
         ):
-            log.info("feature cache %s is up to date; nothing to compute", cache.namespace)
-            return previous.model_copy(
-                update={"computed": 0, "reused_clips": sum(previous.counts.values())}
-            )
+            log.info("feature cache %s is up to date; nothing to compute", ns)
+            total = sum(previous.counts.values())
+            return previous.model_copy(update={"computed": 0, "reused_clips": total})
 
-    atomic_write_json(
-        cache.dir / "params.json", {"version": FEATURE_VERSION, **features.model_dump()}
+    atomic_write_json(ns_dir / "params.json", {"version": FEATURE_VERSION, **features.model_dump()})
+    splits = {split: _split_clips(path) for split, path in corpus.splits.items()}
+    catalog = read_catalog(ns_dir)
+    known = set(catalog.content_hash)
+    wanted = {
+        (h, w)
+        for df in splits.values()
+        for h, w in zip(df.content_hash, df.wav_filename, strict=True)
+    }
+    missing = {(h, w) for h, w in wanted if h not in known}
+    jobs = plan_shards(ns_dir, missing, features, shard_size)
+    unique_missing = len({h for h, _ in missing})
+    log.info(
+        "features %s: %d clips cached, %d to compute in %d shard(s)",
+        ns,
+        len({h for h, _ in wanted}) - unique_missing,
+        unique_missing,
+        len(jobs),
     )
+    results = map_fn(build_shard, jobs) if jobs else []
+    for r in results:
+        log.info(
+            "shard %s: %d clips, %.0f audio-s in %.1f s (%.0f audio-s/s)",
+            r.name,
+            r.clips,
+            r.audio_seconds,
+            r.seconds,
+            r.audio_seconds / max(r.seconds, 1e-9),
+        )
+    catalog = read_catalog(ns_dir).set_index("content_hash")
+
     indexes: dict[str, Path] = {}
-    counts: dict[str, int] = {}
-    for split, csv_path in corpus.splits.items():
-        df = pd.read_csv(csv_path, dtype={"transcript": str}, keep_default_na=False)
-        rows = []
-        for i, rec in enumerate(df.to_dict("records")):
-            content_hash, n_frames = cache.ensure(Path(rec["wav_filename"]))
-            rows.append(
-                {
-                    "wav_filename": rec["wav_filename"],
-                    "content_hash": content_hash,
-                    "n_frames": n_frames,
-                    "duration": rec["duration"],
-                    "transcript": rec["transcript"],
-                    "feature_file": str(feature_path(Path("."), content_hash)),
-                }
-            )
-            if (i + 1) % 2000 == 0:
-                log.info("%s: %d/%d clips featurised", split, i + 1, len(df))
-        indexes[split] = cache.dir / f"index_{split}.csv"
+    for split, df in splits.items():
+        located = catalog.loc[df.content_hash]
+        index = pd.DataFrame(
+            {
+                "wav_filename": df.wav_filename.to_numpy(),
+                "content_hash": df.content_hash.to_numpy(),
+                "shard": located.shard.to_numpy(),
+                "offset": located.offset.to_numpy(),
+                "n_frames": located.n_frames.to_numpy(),
+                "duration": df.duration.to_numpy(),
+                "transcript": df.transcript.to_numpy(),
+            },
+            columns=INDEX_COLUMNS,
+        )
+        indexes[split] = ns_dir / f"index_{split}.csv"
         with atomic_path(indexes[split], suffix=".csv") as tmp:
-            pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(tmp, index=False)
-        counts[split] = len(rows)
+            index.to_csv(tmp, index=False)
+    computed = sum(r.clips for r in results)
     manifest = FeatureCacheManifest(
-        cache_dir=cache.dir,
-        namespace=cache.namespace,
+        cache_dir=ns_dir,
+        namespace=ns,
         indexes=indexes,
         alphabet_path=corpus.alphabet_path,
-        counts=counts,
-        computed=cache.computed,
-        reused_clips=cache.reused,
+        counts={split: len(df) for split, df in splits.items()},
+        computed=computed,
+        reused_clips=sum(len(df) for df in splits.values()) - computed,
         fingerprint=fingerprint,
     )
     atomic_write_json(manifest_path, manifest.model_dump(mode="json"))
-    log.info("features: %d computed, %d reused from the cache", cache.computed, cache.reused)
     return manifest

@@ -53,6 +53,26 @@ class MfccExtractor:
     def __call__(self, pcm16: np.ndarray) -> np.ndarray:
         return self._fn(tf.constant(pcm16_to_float(pcm16))).numpy()
 
+    def batch(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """MFCCs of many clips from one op call, identical to calling one clip at a time.
+
+        Each clip starts at a multiple of the window step in one long signal, so every
+        frame of a clip sees exactly its own samples; frames that would straddle two
+        clips are computed and dropped. Per-call overhead, not arithmetic, dominates for
+        short clips, so this is several times faster than a call per clip.
+        """
+        step, window = self.features.step_samples, self.features.window_samples
+        starts, frames, total = [], [], 0
+        for clip in clips:
+            starts.append(total // step)
+            frames.append(0 if len(clip) < window else 1 + (len(clip) - window) // step)
+            total += -(-max(len(clip), window) // step) * step  # round up to a whole step
+        signal = np.zeros(total + window, np.int16)
+        for clip, start in zip(clips, starts, strict=True):
+            signal[start * step : start * step + len(clip)] = clip
+        mfccs = self(signal)
+        return [mfccs[s : s + n] for s, n in zip(starts, frames, strict=True)]
+
 
 def context_windows(mfccs: tf.Tensor, n_context: int) -> tf.Tensor:
     """[batch, time, n_input] -> [batch, time, (2*n_context+1) * n_input].

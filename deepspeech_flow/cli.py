@@ -78,6 +78,15 @@ def _stage_command(target: str, reuse_trained_model: bool):
         max_duration: Annotated[
             float | None, _opt("max_duration", help="Reject clips longer than this [10 s].")
         ] = None,
+        task_runner: Annotated[
+            str | None, _opt("task_runner", help="Feature shards on: threads|processes|dask.")
+        ] = None,
+        dask_address: Annotated[
+            str | None, _opt("dask_address", help="Dask scheduler (tcp://host:8786).")
+        ] = None,
+        shard_size: Annotated[
+            int | None, _opt("shard_size", help="Clips per shard [2000].")
+        ] = None,
         train_retries: Annotated[
             int | None, _opt("train_retries", help="Retries of the train stage [3].")
         ] = None,
@@ -105,6 +114,9 @@ def _stage_command(target: str, reuse_trained_model: bool):
             "checkpoint_secs": checkpoint_secs,
             "max_duration": max_duration,
             "train_retries": train_retries,
+            "task_runner": task_runner,
+            "dask_address": dask_address,
+            "shard_size": shard_size,
         }
         try:
             cfg = build_config(config, flags)

@@ -38,6 +38,10 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "test_batch_size": ("evaluation", "test_batch_size"),
     "report_count": ("evaluation", "report_count"),
     "export_dir": ("export", "export_dir"),
+    "task_runner": ("execution", "task_runner"),
+    "dask_address": ("execution", "dask_address"),
+    "workers": ("execution", "workers"),
+    "shard_size": ("execution", "shard_size"),
 }
 
 

@@ -17,7 +17,7 @@ from deepspeech_core.config import STAGES, PipelineConfig, Stage
 from deepspeech_core.manifests import PipelineResult
 from tasks.evaluate import evaluate_model_task
 from tasks.export import export_model_task
-from tasks.features import build_feature_cache_task
+from tasks.features import build_feature_cache_stage
 from tasks.train import has_trained_model, train_model_task
 from tasks.validate import validate_corpus_task
 
@@ -64,7 +64,7 @@ def train_cv(
 
     result.corpus = timed("validate", validate_corpus_task, config)
     if last >= STAGES.index("features"):
-        result.features = timed("features", build_feature_cache_task, config, result.corpus)
+        result.features = timed("features", build_feature_cache_stage, config, result.corpus)
     if last >= STAGES.index("train"):
         if target == "train" or not (
             reuse_trained_model and has_trained_model(config.checkpoint_dir)

@@ -2,9 +2,12 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.audio import read_wav_int16
 from deepspeech_core.config import CorpusConfig, FeatureConfig
 from deepspeech_core.corpus import feature_frames, validate_corpus
-from deepspeech_core.feature_cache import build_feature_cache, load_features
+from deepspeech_core.dataset import SplitIndex
+from deepspeech_core.feature_cache import build_feature_cache
 from deepspeech_core.features import MfccExtractor, context_windows
 
 
@@ -67,8 +70,11 @@ def test_cache_is_reused_and_namespaced(trained, tmp_path):
     assert again.computed == 0 and again.fingerprint == first.fingerprint
 
     index = pd.read_csv(first.indexes["train"])
-    feats = load_features(first.cache_dir / index.feature_file.iloc[0])
+    split = SplitIndex.load(first.indexes["train"], Alphabet.load(first.alphabet_path))
+    feats = split.features(0)
     assert feats.shape == (index.n_frames.iloc[0], 26) and feats.dtype == np.float32
+    samples, _ = read_wav_int16(index.wav_filename.iloc[0])
+    np.testing.assert_array_equal(feats, MfccExtractor(cfg.features)(samples))
 
     other = FeatureConfig(feature_win_len=25, feature_win_step=10)
     changed = build_feature_cache(corpus, other, cfg.workdir)

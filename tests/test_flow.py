@@ -208,3 +208,33 @@ def test_each_stage_left_artifacts(full_run):
     assert {a.key for a in found} == set(keys)
     table = next(a for a in found if a.key == "corpus-validation")
     assert "too_short" in str(table.data) and "dur_median_s" in str(table.data)
+
+
+def test_feature_shards_run_on_a_dask_cluster(tiny_cv, tmp_path):
+    """--task_runner dask --dask_address: shards are task runs executed by Dask workers."""
+    distributed = pytest.importorskip("distributed")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    workdir = tmp_path / "dask-run"
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        result = CliRunner().invoke(
+            app,
+            ["features", "--corpus", str(tiny_cv), "--workdir", str(workdir),
+             "--task_runner", "dask", "--dask_address", cluster.scheduler_address,
+             "--shard_size", "10"],
+        )
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        prefix = cluster.scheduler.task_prefixes["featurise_shard_task"]
+        assert prefix.all_durations["compute"] > 0, "Dask workers ran the shard tasks"
+        assert prefix.state_counts.get("erred", 0) == 0
+    shards = list((workdir / "features").glob("*/shards/*.index.csv"))
+    assert len(shards) == 4  # 40 clips, 10 per shard
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="featurise-shard-"))
+        )
+    names = {r.name for r in runs}
+    assert {f"featurise-shard-{p.name.split('.')[0]}" for p in shards} <= names
