@@ -25,12 +25,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from deepspeech_core.audio import read_wav_int16
+from deepspeech_core.audio_import import remove_stale_temporaries
 from deepspeech_core.config import FeatureConfig
 from deepspeech_core.features import MfccExtractor
 from deepspeech_core.io_utils import atomic_path, atomic_write_json, text_sha256
@@ -102,7 +104,7 @@ def build_shard(job: ShardJob) -> ShardResult:
     """Featurise one shard's clips; array first, index last, both atomically."""
     started = time.perf_counter()
     shards = Path(job.namespace_dir) / "shards"
-    extractor = MfccExtractor(job.features)
+    extractor = _extractor(job.features.model_dump_json())
     rate = job.features.audio_sample_rate
     arrays: list[np.ndarray] = []
     audio_samples = 0
@@ -142,6 +144,12 @@ def build_shard(job: ShardJob) -> ShardResult:
     )
 
 
+@lru_cache(maxsize=4)
+def _extractor(features_json: str) -> MfccExtractor:
+    """One traced MFCC function per process and parameter set, reused by every shard."""
+    return MfccExtractor(FeatureConfig.model_validate_json(features_json))
+
+
 MapFn = Callable[[Callable[[ShardJob], ShardResult], list[ShardJob]], list[ShardResult]]
 
 
@@ -154,14 +162,18 @@ class ShardReader:
 
     def __init__(self, ns_dir: Path) -> None:
         self.dir = Path(ns_dir) / "shards"
+        self.n_input = int(json.loads((Path(ns_dir) / "params.json").read_text())["n_input"])
         self._open: dict[str, np.ndarray] = {}
 
-    def read(self, shard: str, offset: int, n_frames: int) -> np.ndarray:
-        array = self._open.get(shard)
+    def shard(self, name: str) -> np.ndarray:
+        array = self._open.get(name)
         if array is None:
-            array = np.load(self.dir / f"{shard}.npy", mmap_mode="r")
-            self._open[shard] = array
-        return np.asarray(array[offset : offset + n_frames])
+            array = np.load(self.dir / f"{name}.npy", mmap_mode="r")
+            self._open[name] = array
+        return array
+
+    def read(self, shard: str, offset: int, n_frames: int) -> np.ndarray:
+        return np.array(self.shard(shard)[offset : offset + n_frames])
 
 
 def _split_clips(csv_path: Path) -> pd.DataFrame:
@@ -195,6 +207,9 @@ def build_feature_cache(
             return previous.model_copy(update={"computed": 0, "reused_clips": total})
 
     atomic_write_json(ns_dir / "params.json", {"version": FEATURE_VERSION, **features.model_dump()})
+    stale = remove_stale_temporaries(ns_dir / "shards")
+    if stale:
+        log.info("removed %d partial file(s) left by an interrupted build", stale)
     splits = {split: _split_clips(path) for split, path in corpus.splits.items()}
     catalog = read_catalog(ns_dir)
     known = set(catalog.content_hash)

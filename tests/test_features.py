@@ -102,3 +102,74 @@ def test_growth_computes_only_new_clips(tiny_cv, tmp_path):
     )
     assert second.counts["train"] == len(full) > first.counts["train"]
     assert second.computed == len(full) - 20
+
+
+KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from deepspeech_core.config import CorpusConfig, FeatureConfig
+from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.feature_cache import build_feature_cache
+
+def slow_map(fn, jobs):  # a shard, then a pause: time to be killed between shards
+    out = []
+    for job in jobs:
+        out.append(fn(job))
+        time.sleep(0.3)
+    return out
+
+if __name__ == "__main__":
+    work = Path(sys.argv[2])
+    corpus = validate_corpus(CorpusConfig(corpus=Path(sys.argv[1])), FeatureConfig(), work)
+    build_feature_cache(corpus, FeatureConfig(), work, shard_size=4, map_fn=slow_map)
+"""
+
+
+def _cache_view(manifest):
+    """What consumers see: per split, each clip's hash, frame count and features."""
+    alphabet = Alphabet.load(manifest.alphabet_path)
+    view = {}
+    for split, path in manifest.indexes.items():
+        index = SplitIndex.load(path, alphabet)
+        df = pd.read_csv(path, keep_default_na=False)
+        view[split] = [
+            (h, int(n), index.features(i).tobytes())
+            for i, (h, n) in enumerate(zip(df.content_hash, df.n_frames, strict=True))
+        ]
+    return view
+
+
+def test_sigkilled_build_resumes_to_the_identical_cache(tiny_cv, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    killed = tmp_path / "killed"
+    script = tmp_path / "build.py"
+    script.write_text(KILL_SCRIPT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_cv), str(killed)],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list(killed.glob("features/*/shards/*.index.csv"))) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(killed.glob("features/*/shards/*.index.csv")))
+    assert 3 <= done < 10
+
+    features = FeatureConfig()
+    corpus = validate_corpus(CorpusConfig(corpus=tiny_cv), features, killed)
+    resumed = build_feature_cache(corpus, features, killed, shard_size=4)
+    assert resumed.computed == 40 - 4 * done, "finished shards were not recomputed"
+    clean_corpus = validate_corpus(CorpusConfig(corpus=tiny_cv), features, tmp_path / "clean")
+    clean = build_feature_cache(clean_corpus, features, tmp_path / "clean", shard_size=4)
+    assert _cache_view(resumed) == _cache_view(clean)
+    assert not list(killed.glob("features/*/shards/.*")), "no partial files left behind"

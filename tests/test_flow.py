@@ -222,9 +222,19 @@ def test_feature_shards_run_on_a_dask_cluster(tiny_cv, tmp_path):
     ) as cluster:
         result = CliRunner().invoke(
             app,
-            ["features", "--corpus", str(tiny_cv), "--workdir", str(workdir),
-             "--task_runner", "dask", "--dask_address", cluster.scheduler_address,
-             "--shard_size", "10"],
+            [
+                "features",
+                "--corpus",
+                str(tiny_cv),
+                "--workdir",
+                str(workdir),
+                "--task_runner",
+                "dask",
+                "--dask_address",
+                cluster.scheduler_address,
+                "--shard_size",
+                "10",
+            ],
         )
         assert result.exit_code == 0, result.output + repr(result.exception)
         prefix = cluster.scheduler.task_prefixes["featurise_shard_task"]
