@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -92,6 +92,18 @@ class TrainingConfig(_Section):
     checkpoint_secs: int = Field(600, ge=1, description="...and every N seconds.")
     max_to_keep: int = Field(5, ge=1, description="Periodic checkpoints kept.")
     train_retries: int = Field(3, ge=0, description="Prefect retries of the train stage.")
+    augment: list[str] = Field(
+        default_factory=list,
+        description="DeepSpeech --augment specs, e.g. 'frequency_mask[p=0.8,n=2:4,size=2:4]'.",
+    )
+
+    @field_validator("augment")
+    @classmethod
+    def _parse_augment(cls, specs: list[str]) -> list[str]:
+        from deepspeech_core.augmentation import parse_augmentations
+
+        parse_augmentations(specs)  # raises AugmentationError (a ValueError) with the fix
+        return specs
 
 
 class EvaluationConfig(_Section):

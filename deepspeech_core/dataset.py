@@ -18,6 +18,7 @@ import pandas as pd
 import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.augmentation import AugmentationPlan, augment_clip
 from deepspeech_core.feature_cache import ShardReader
 
 
@@ -97,17 +98,55 @@ def batch_plan(
     return batches
 
 
-def load_batch(index: SplitIndex, ids: np.ndarray) -> Batch:
-    """Copy each clip's frames straight from its shard into one zero-padded array."""
-    lengths = index.n_frames[ids]
-    feats = np.zeros((len(ids), int(lengths.max()), index.n_input), np.float32)
+def ctc_min_frames(labels: np.ndarray) -> int:
+    """Frames CTC needs for a label sequence: one per label plus one between repeats."""
+    return int(len(labels) + np.count_nonzero(labels[1:] == labels[:-1]))
+
+
+def _pad_labels(labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(x) for x in labels], np.int32)
+    padded = np.zeros((len(labels), max(1, int(lengths.max()))), np.int32)
+    for row, x in enumerate(labels):
+        padded[row, : len(x)] = x
+    return padded, lengths
+
+
+def load_batch(
+    index: SplitIndex,
+    ids: np.ndarray,
+    augment: AugmentationPlan | None = None,
+    batch_number: int = 0,
+) -> Batch:
+    """One zero-padded batch; clips are copied straight from their shards.
+
+    With an augmentation plan, each clip is augmented by a generator seeded from
+    (seed, epoch, batch_number), so a batch is the same whenever it is made.
+    """
     labels = [index.labels[i] for i in ids]
-    label_lengths = np.array([len(x) for x in labels], np.int32)
-    padded_labels = np.zeros((len(ids), max(1, int(label_lengths.max()))), np.int32)
-    for row, i in enumerate(ids):
-        index.copy_features(i, feats[row])
-        padded_labels[row, : label_lengths[row]] = labels[row]
-    return Batch(feats, lengths.astype(np.int32), padded_labels, label_lengths)
+    padded_labels, label_lengths = _pad_labels(labels)
+    if augment is None or not augment.augmentations:
+        lengths = index.n_frames[ids]
+        feats = np.zeros((len(ids), int(lengths.max()), index.n_input), np.float32)
+        for row, i in enumerate(ids):
+            index.copy_features(i, feats[row])
+        return Batch(feats, lengths.astype(np.int32), padded_labels, label_lengths)
+    rng, clock = augment.rng(batch_number), augment.clock(batch_number)
+    clips = [
+        augment_clip(
+            index.features(i),
+            list(augment.augmentations),
+            rng,
+            clock,
+            augment.win_step_ms,
+            ctc_min_frames(x),
+        )
+        for i, x in zip(ids, labels, strict=True)
+    ]
+    lengths = np.array([len(c) for c in clips], np.int32)
+    feats = np.zeros((len(ids), int(lengths.max()), index.n_input), np.float32)
+    for row, clip in enumerate(clips):
+        feats[row, : len(clip)] = clip
+    return Batch(feats, lengths, padded_labels, label_lengths)
 
 
 def batch_signature(n_input: int) -> Batch:
@@ -119,7 +158,13 @@ def batch_signature(n_input: int) -> Batch:
     )
 
 
-def make_dataset(index: SplitIndex, plan: Sequence[np.ndarray], n_input: int) -> tf.data.Dataset:
+def make_dataset(
+    index: SplitIndex,
+    plan: Sequence[np.ndarray],
+    n_input: int,
+    augment: AugmentationPlan | None = None,
+    first_batch_number: int = 0,
+) -> tf.data.Dataset:
     """Batches of `plan`, read and padded on tf.data's parallel threads, prefetched.
 
     Reading is a numpy copy from memory-mapped shards (far faster than the model
@@ -129,7 +174,7 @@ def make_dataset(index: SplitIndex, plan: Sequence[np.ndarray], n_input: int) ->
     plan = list(plan)
 
     def load(i: np.int64) -> tuple[np.ndarray, ...]:
-        return tuple(load_batch(index, plan[int(i)]))
+        return tuple(load_batch(index, plan[int(i)], augment, first_batch_number + int(i)))
 
     def tf_load(i: tf.Tensor) -> Batch:
         spec = batch_signature(n_input)

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.augmentation import AugmentationPlan, parse_augmentations
 from deepspeech_core.checkpoints import (
     ModelSpec,
     check_compatible,
@@ -206,6 +207,7 @@ def train(
     history = _load_history(checkpoint_dir / "history.json", int(state.completed_epochs.numpy()))
 
     train_step = make_train_step(model, optimizer, feature_cfg.n_input)
+    augmentations = tuple(parse_augmentations(cfg.augment))
     eval_step = make_eval_step(model, feature_cfg.n_input)
     steps_per_epoch = math.ceil(len(train_index) / cfg.train_batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -216,10 +218,14 @@ def train(
         start = int(state.step.numpy() - state.epoch_start_step.numpy())
         if start:
             log.info("epoch %d: continuing at batch %d of %d", epoch, start, len(plan))
+        augment = AugmentationPlan(
+            augmentations, cfg.seed, epoch, cfg.epochs, len(plan), feature_cfg.feature_win_step
+        )
         _train_epoch(
             train_step,
             train_index,
             plan,
+            augment,
             start,
             state,
             saver,
@@ -269,6 +275,7 @@ def _train_epoch(
     train_step,
     index: SplitIndex,
     plan: list[np.ndarray],
+    augment: AugmentationPlan,
     start: int,
     state: _State,
     saver: _Saver,
@@ -281,7 +288,7 @@ def _train_epoch(
     audio_seconds, t0, last_log = 0.0, time.monotonic(), time.monotonic()
     remaining = plan[start:]
     for ids, batch in zip(
-        remaining, make_dataset(index, remaining, feature_cfg.n_input), strict=True
+        remaining, make_dataset(index, remaining, feature_cfg.n_input, augment, start), strict=True
     ):
         loss = float(train_step(batch).numpy())
         _check_finite(loss, batch, ids, index)

@@ -87,6 +87,10 @@ def _stage_command(target: str, reuse_trained_model: bool):
         shard_size: Annotated[
             int | None, _opt("shard_size", help="Clips per shard [2000].")
         ] = None,
+        augment: Annotated[
+            list[str] | None,
+            _opt("augment", help="DeepSpeech augmentation, repeatable: 'time_mask[p=0.5,n=2]'."),
+        ] = None,
         train_retries: Annotated[
             int | None, _opt("train_retries", help="Retries of the train stage [3].")
         ] = None,
@@ -114,6 +118,7 @@ def _stage_command(target: str, reuse_trained_model: bool):
             "checkpoint_secs": checkpoint_secs,
             "max_duration": max_duration,
             "train_retries": train_retries,
+            "augment": augment or None,
             "task_runner": task_runner,
             "dask_address": dask_address,
             "shard_size": shard_size,

@@ -35,6 +35,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "checkpoint_steps": ("training", "checkpoint_steps"),
     "checkpoint_secs": ("training", "checkpoint_secs"),
     "train_retries": ("training", "train_retries"),
+    "augment": ("training", "augment"),
     "test_batch_size": ("evaluation", "test_batch_size"),
     "report_count": ("evaluation", "report_count"),
     "export_dir": ("export", "export_dir"),

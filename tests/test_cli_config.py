@@ -96,3 +96,12 @@ def test_unknown_yaml_keys_are_errors(tmp_path):
 def test_corpus_and_csvs_are_exclusive():
     with pytest.raises(ValueError, match="either"):
         build_config(None, {"corpus": Path("cv"), "train_files": ["a.csv"]})
+
+
+def test_augment_flag_repeats(captured):
+    args = ["train", "--augment", "time_mask[p=0.5]", "--augment", "add[p=0.2,stddev=1~0.5]"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert captured[0][0].training.augment == ["time_mask[p=0.5]", "add[p=0.2,stddev=1~0.5]"]
+    bad = CliRunner().invoke(cli.app, ["train", "--augment", "warp[p=1]"])
+    assert bad.exit_code != 0 and "unknown augmentation" in bad.output

@@ -103,3 +103,13 @@ def test_non_finite_loss_names_the_clips(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "ctc_loss_per_sample", lambda *a: real(*a) * np.inf)
     with pytest.raises(training.TrainingError, match="wav"):
         train(features, cfg.model, cfg.features, cfg.training, tmp_path / "ckpt")
+
+
+def test_training_with_augmentation(trained, tmp_path):
+    cfg, _, features, _ = trained
+    training = cfg.training.model_copy(
+        update={"augment": ["frequency_mask[p=0.8,n=2:4,size=2:4]", "tempo[p=0.5,factor=1.1~0.1]"]}
+    )
+    result = train(features, cfg.model, cfg.features, training, tmp_path / "ckpt")
+    assert result.epochs == 2
+    assert all(np.isfinite(result.train_loss_history + result.dev_loss_history))

@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+
+from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.augmentation import (
+    AugmentationError,
+    AugmentationPlan,
+    augment_clip,
+    parse_augmentation,
+    parse_value,
+)
+from deepspeech_core.config import TrainingConfig
+from deepspeech_core.dataset import SplitIndex, batch_plan, load_batch
+
+
+def _features(frames=100, n=26, seed=0):
+    return np.random.default_rng(seed).normal(3.0, 1.0, (frames, n)).astype(np.float32)
+
+
+def _apply(spec, x, seed=0, clock=0.0, min_frames=0):
+    return augment_clip(
+        x, [parse_augmentation(spec)], np.random.default_rng(seed), clock, 20.0, min_frames
+    )
+
+
+def test_value_syntax_follows_deepspeech():
+    rng = np.random.default_rng(0)
+    assert parse_value("3", True).pick(rng, 0.5) == 3
+    ramp = parse_value("2:6", True)
+    assert (ramp.pick(rng, 0.0), ramp.pick(rng, 0.5), ramp.pick(rng, 1.0)) == (2, 4, 6)
+    jitter = parse_value("1.0~0.25", False)
+    draws = [jitter.pick(rng, 0) for _ in range(200)]
+    assert 0.75 <= min(draws) < 0.8 and 1.2 < max(draws) <= 1.25
+    both = parse_value("0:10~1", False)
+    assert 4 <= both.pick(rng, 0.5) <= 6
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("warp[p=1]", "unknown augmentation"),
+        ("time_mask[nn=2]", "unknown parameter"),
+        ("time_mask[n=two]", "bad value"),
+        ("time_mask[p=2]", "between 0 and 1"),
+        ("volume[p=0.5]", "before features"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(spec, message):
+    with pytest.raises(AugmentationError, match=message):
+        parse_augmentation(spec)
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(augment=[spec])
+
+
+def test_frequency_mask_zeroes_bands_of_coefficients():
+    out = _apply("frequency_mask[p=1,n=1,size=4]", _features())
+    zero_columns = np.flatnonzero((out == 0).all(axis=0))
+    assert len(zero_columns) == 4 and np.all(np.diff(zero_columns) == 1)
+
+
+def test_time_mask_zeroes_spans_of_frames():
+    out = _apply("time_mask[p=1,n=1,size=100]", _features())  # 100 ms = 5 frames of 20 ms
+    assert np.count_nonzero((out == 0).all(axis=1)) == 5
+
+
+def test_dropout_add_multiply():
+    x = _features(400)
+    dropped = _apply("dropout[p=1,rate=0.2]", x)
+    assert 0.17 < np.mean(dropped == 0) < 0.23
+    added = _apply("add[p=1,stddev=0.5]", x) - x
+    assert abs(added.mean()) < 0.02 and 0.47 < added.std() < 0.53
+    ratio = _apply("multiply[p=1,stddev=0.1]", x) / x
+    assert abs(ratio.mean() - 1) < 0.01 and 0.09 < ratio.std() < 0.11
+
+
+def test_pitch_keeps_shape_and_tempo_rescales_time():
+    x = _features(100)
+    pitched = _apply("pitch[p=1,pitch=1.2]", x)
+    assert pitched.shape == x.shape and not np.allclose(pitched, x)
+    faster = _apply("tempo[p=1,factor=1.25]", x)
+    assert faster.shape == (80, 26)
+    limited = _apply("tempo[p=1,factor=4]", x, min_frames=60)
+    assert limited.shape == (60, 26), "never shorter than CTC needs"
+
+
+def test_probability_zero_changes_nothing():
+    x = _features()
+    np.testing.assert_array_equal(_apply("add[p=0,stddev=5]", x), x)
+
+
+def test_augmented_batches_are_reproducible(trained):
+    _, _, features, _ = trained
+    index = SplitIndex.load(features.indexes["train"], Alphabet.load(features.alphabet_path))
+    plan = batch_plan(index.n_frames, 8, seed=3, epoch=1)
+    augs = tuple(
+        parse_augmentation(s)
+        for s in [
+            "frequency_mask[p=0.8,n=2:4,size=2:4]",
+            "time_mask[p=0.5]",
+            "tempo[p=0.5,factor=1.1~0.1]",
+        ]
+    )
+    aug = AugmentationPlan(
+        augs, seed=9, epoch=1, epochs=2, batches_per_epoch=len(plan), win_step_ms=20
+    )
+    first = load_batch(index, plan[2], aug, batch_number=2)
+    again = load_batch(index, plan[2], aug, batch_number=2)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain = load_batch(index, plan[2])
+    assert not np.array_equal(first.features[:, : plain.features.shape[1]], plain.features)
+    other = load_batch(index, plan[2], aug, batch_number=3)
+    assert not np.array_equal(first.features, other.features)
