@@ -1,21 +1,30 @@
-"""DeepSpeech's `--augment` augmentations that run after the feature cache, on the fly.
+"""DeepSpeech's `--augment` augmentations: on the fly after the feature cache, or on the
+audio before it.
 
 Syntax as DeepSpeech 0.9.3: `name[p=0.5,param=value,...]`, where a value is `v`
 (fixed), `v~r` (uniform in [v-r, v+r]), `start:end` (moves from start to end as training
 progresses) or `start:end~r`. Each augmentation is applied to a clip with probability p.
 
-They work on the cached MFCC matrix [frames, n_input], so the cache stays valid:
+Feature-domain augmentations work on the cached MFCC matrix [frames, n_input], so the
+cache stays valid:
 frequency_mask (zero bands of coefficients), time_mask (zero spans of frames), dropout
 (zero single values), add (+ Gaussian noise), multiply (x Gaussian noise around 1),
 pitch (rescale the coefficient axis) and tempo (rescale the time axis). Every random
 draw comes from a generator seeded by (seed, epoch, batch, clip), so the same seed gives
 the same augmented batches, and a resumed run sees exactly what it would have seen.
+
+Sample-domain augmentations (volume, reverb, resample, codec, overlay) must change the
+audio before MFCCs exist. They make an augmented copy of the training clips in a
+feature-cache namespace of its own (the original cache is untouched), which training
+uses alongside the originals; each clip's draws are seeded by (seed, clip hash).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -58,7 +67,13 @@ class Augmentation:
 
     p: float = 1.0
     params: dict[str, ValueRange] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)  # parameters that are not numbers
     defaults: ClassVar[dict[str, tuple[str, bool]]] = {}  # name -> (default text, integer)
+    text_params: ClassVar[tuple[str, ...]] = ()
+    sample_domain: ClassVar[bool] = False
+
+    def check(self) -> None:
+        """Raise AugmentationError when the parameters cannot work (before any training)."""
 
     def value(self, name: str, rng: np.random.Generator, clock: float) -> float:
         return self.params[name].pick(rng, clock)
@@ -161,7 +176,6 @@ AUGMENTATIONS: dict[str, type[Augmentation]] = {
     "pitch": Pitch,
     "tempo": Tempo,
 }
-BEFORE_CACHE = ("volume", "overlay", "reverb", "resample", "codec")
 
 
 def parse_augmentation(spec: str) -> Augmentation:
@@ -170,14 +184,10 @@ def parse_augmentation(spec: str) -> Augmentation:
     if not match:
         raise AugmentationError(f"bad --augment {spec!r}: use name[param=value,...]")
     name, body = match.group(1), match.group(2) or ""
-    if name in BEFORE_CACHE:
-        raise AugmentationError(
-            f"--augment {name} changes the audio before features are computed; this "
-            f"version supports after-cache augmentations only: {', '.join(AUGMENTATIONS)}"
-        )
-    cls = AUGMENTATIONS.get(name)
+    cls = AUGMENTATIONS.get(name) or SAMPLE_AUGMENTATIONS.get(name)
     if cls is None:
-        raise AugmentationError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENTATIONS)}")
+        known = ", ".join([*AUGMENTATIONS, *SAMPLE_AUGMENTATIONS])
+        raise AugmentationError(f"unknown augmentation {name!r}; known: {known}")
     given: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in body.split(","))):
         key, sep, value = part.partition("=")
@@ -196,8 +206,12 @@ def parse_augmentation(spec: str) -> Augmentation:
     params = {
         key: parse_value(given.get(key, default), integer)
         for key, (default, integer) in cls.defaults.items()
+        if key not in cls.text_params
     }
-    return cls(p=p, params=params)
+    texts = {key: given.get(key, cls.defaults[key][0]) for key in cls.text_params}
+    augmentation = cls(p=p, params=params, texts=texts)
+    augmentation.check()
+    return augmentation
 
 
 def parse_augmentations(specs: list[str]) -> list[Augmentation]:
@@ -238,3 +252,190 @@ class AugmentationPlan:
         """Training progress in [0, 1], for start:end values."""
         done = self.epoch + batch_number / max(self.batches_per_epoch, 1)
         return done / max(self.epochs, 1)
+
+
+# --- sample domain: applied to float audio in [-1, 1] before MFCCs ------------------
+
+
+def _rms_dbfs(audio: np.ndarray) -> float:
+    rms = float(np.sqrt(np.mean(np.square(audio)))) if len(audio) else 0.0
+    return 20 * np.log10(max(rms, 1e-10))
+
+
+def _max_dbfs(audio: np.ndarray) -> float:
+    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+    return 20 * np.log10(max(peak, 1e-10))
+
+
+def _normalize_to(audio: np.ndarray, dbfs: float) -> np.ndarray:
+    """Scale so the peak is at `dbfs` (DeepSpeech's normalize_audio with max dBFS)."""
+    return audio * 10 ** ((dbfs - _max_dbfs(audio)) / 20)
+
+
+class SampleAugmentation(Augmentation):
+    sample_domain = True
+
+    def apply_audio(
+        self, audio: np.ndarray, rate: int, rng: np.random.Generator, clock: float
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Volume(SampleAugmentation):
+    defaults = {"dbfs": ("3.0103", False)}
+
+    def apply_audio(self, audio, rate, rng, clock):
+        # DeepSpeech: the peak normalised to -dbfs (3.0103 dB below full scale by default)
+        return _normalize_to(audio, -abs(self.value("dbfs", rng, clock)))
+
+
+class Reverb(SampleAugmentation):
+    defaults = {"delay": ("20.0", False), "decay": ("10.0", False)}
+
+    def apply_audio(self, audio, rate, rng, clock):
+        """DeepSpeech's reverb: five echo layers at prime-ratio delays, decaying by dB."""
+        peak = _max_dbfs(audio)
+        delay = self.value("delay", rng, clock)
+        decay = 10 ** (-self.value("decay", rng, clock) / 20)
+        result = audio.astype(np.float64).copy()
+        primes = [17, 19, 23, 29, 31]
+        for prime in primes:
+            layer = audio.astype(np.float64).copy()
+            n_delay = max(16, int(delay * (prime / primes[0]) * rate / 1000.0))
+            for w in range(len(audio) // n_delay):
+                w1, w2 = w * n_delay, (w + 1) * n_delay
+                width = min(len(audio) - w2, n_delay)
+                layer[w2 : w2 + width] += decay * layer[w1 : w1 + width]
+            result += layer
+        return _normalize_to(result, peak)
+
+
+class Resample(SampleAugmentation):
+    defaults = {"rate": ("8000", True)}
+
+    def apply_audio(self, audio, rate, rng, clock):
+        import soxr
+
+        target = max(1000, self.value("rate", rng, clock))
+        down = soxr.resample(audio, rate, target, quality="HQ")
+        back = soxr.resample(down, target, rate, quality="HQ")
+        return _fit_length(back, len(audio))
+
+
+class Codec(SampleAugmentation):
+    defaults = {"bitrate": ("3200", True)}
+
+    def apply_audio(self, audio, rate, rng, clock):
+        """Round trip through Opus (libsndfile); bitrate maps onto its compression level.
+
+        libsndfile sets Opus bitrates through a 0-1 compression level spanning about
+        256 kbit/s down to 6 kbit/s, so bitrates below 6 kbit/s (DeepSpeech's default
+        3,200) give its strongest compression.
+        """
+        import io
+
+        import soundfile
+
+        bitrate = self.value("bitrate", rng, clock)
+        level = float(np.clip((256_000 - bitrate) / (256_000 - 6_000), 0.0, 1.0))
+        buffer = io.BytesIO()
+        soundfile.write(
+            buffer,
+            audio.astype(np.float32),
+            rate,
+            format="OGG",
+            subtype="OPUS",
+            compression_level=level,
+        )
+        buffer.seek(0)
+        decoded, _ = soundfile.read(buffer, dtype="float64")
+        return _fit_length(decoded, len(audio))
+
+
+class Overlay(SampleAugmentation):
+    defaults = {"source": ("", False), "snr": ("3.0", False), "layers": ("1", True)}
+    text_params = ("source",)
+
+    def check(self) -> None:
+        path = Path(self.texts["source"])
+        if not (path.is_dir() or (path.suffix.lower() == ".csv" and path.is_file())):
+            raise AugmentationError(
+                f"overlay source {str(path)!r} is neither a folder of audio nor a DeepSpeech CSV"
+            )
+
+    def apply_audio(self, audio, rate, rng, clock):
+        """Mix `layers` random stretches of the source audio in at `snr` dB."""
+        sources = _overlay_sources(self.texts["source"], rate)
+        if not sources:
+            raise AugmentationError(f"overlay source {self.texts['source']!r} holds no audio")
+        result = audio.astype(np.float64).copy()
+        signal_power = float(np.mean(np.square(audio))) or 1e-10
+        for _ in range(max(1, self.value("layers", rng, clock))):
+            noise = sources[int(rng.integers(len(sources)))]
+            reps = -(-len(audio) // len(noise)) + 1
+            tiled = np.tile(noise, reps)
+            start = int(rng.integers(0, len(noise)))
+            chunk = tiled[start : start + len(audio)]
+            noise_power = float(np.mean(np.square(chunk))) or 1e-10
+            snr = self.value("snr", rng, clock)
+            result += chunk * np.sqrt(signal_power / (noise_power * 10 ** (snr / 10)))
+        return result
+
+
+def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:
+    return audio[:length] if len(audio) >= length else np.pad(audio, (0, length - len(audio)))
+
+
+@lru_cache(maxsize=4)
+def _overlay_sources(source: str, rate: int) -> tuple[np.ndarray, ...]:
+    """Audio of an overlay source: a folder of audio files or a DeepSpeech CSV."""
+    import pandas as pd
+
+    from deepspeech_core.audio import AudioError, read_audio
+
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    elif path.suffix.lower() == ".csv" and path.is_file():
+        names = pd.read_csv(path, dtype=str)["wav_filename"]
+        files = [p if Path(p).is_absolute() else path.parent / p for p in names]
+    else:
+        raise AugmentationError(
+            f"overlay source {source!r} is neither a folder of audio nor a DeepSpeech CSV"
+        )
+    audio = []
+    for f in files:
+        try:
+            audio.append(read_audio(Path(f), rate).samples.astype(np.float64) / 32768.0)
+        except AudioError:
+            continue
+    return tuple(audio)
+
+
+SAMPLE_AUGMENTATIONS: dict[str, type[SampleAugmentation]] = {
+    "volume": Volume,
+    "reverb": Reverb,
+    "resample": Resample,
+    "codec": Codec,
+    "overlay": Overlay,
+}
+
+
+def split_specs(specs: list[str]) -> tuple[list[str], list[str]]:
+    """(sample-domain specs, feature-domain specs), each in the order given."""
+    parsed = [(s, parse_augmentation(s)) for s in specs]
+    return [s for s, a in parsed if a.sample_domain], [s for s, a in parsed if not a.sample_domain]
+
+
+def augment_audio(
+    pcm16: np.ndarray, augmentations: list[Augmentation], rate: int, rng: np.random.Generator
+) -> tuple[np.ndarray, bool]:
+    """Apply sample augmentations with their probabilities; (int16 audio, changed?)."""
+    audio = pcm16.astype(np.float64) / 32768.0
+    changed = False
+    for aug in augmentations:
+        if rng.random() < aug.p:
+            audio = aug.apply_audio(audio, rate, rng, 0.0)
+            changed = True
+    out = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
+    return out, changed

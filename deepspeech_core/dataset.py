@@ -47,6 +47,19 @@ class SplitIndex:
     def __len__(self) -> int:
         return len(self.shards)
 
+    def concat(self, other: SplitIndex) -> SplitIndex:
+        """Both indexes' clips (shard ids are relative to the shared features root)."""
+        return SplitIndex(
+            reader=self.reader,
+            shards=self.shards + other.shards,
+            offsets=np.concatenate([self.offsets, other.offsets]),
+            n_frames=np.concatenate([self.n_frames, other.n_frames]),
+            durations=np.concatenate([self.durations, other.durations]),
+            transcripts=self.transcripts + other.transcripts,
+            labels=self.labels + other.labels,
+            wav_filenames=self.wav_filenames + other.wav_filenames,
+        )
+
     @property
     def n_input(self) -> int:
         return self.reader.n_input
@@ -63,7 +76,7 @@ class SplitIndex:
     def load(cls, index_csv: Path, alphabet: Alphabet) -> SplitIndex:
         df = pd.read_csv(index_csv, dtype={"transcript": str, "shard": str}, keep_default_na=False)
         return cls(
-            reader=ShardReader(Path(index_csv).parent),
+            reader=ShardReader.for_index(Path(index_csv)),
             shards=list(df["shard"]),
             offsets=df["offset"].to_numpy(np.int64),
             n_frames=df["n_frames"].to_numpy(np.int64),

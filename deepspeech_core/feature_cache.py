@@ -33,6 +33,7 @@ import pandas as pd
 
 from deepspeech_core.audio import read_wav_int16
 from deepspeech_core.audio_import import remove_stale_temporaries
+from deepspeech_core.augmentation import augment_audio, parse_augmentations
 from deepspeech_core.config import FeatureConfig
 from deepspeech_core.features import MfccExtractor
 from deepspeech_core.io_utils import atomic_path, atomic_write_json, text_sha256
@@ -67,6 +68,8 @@ class ShardJob:
     name: str
     clips: tuple[tuple[str, str], ...]
     features: FeatureConfig
+    sample_augment: tuple[str, ...] = ()  # sample-domain --augment specs (augmented copies)
+    augment_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,12 @@ def read_catalog(ns_dir: Path) -> pd.DataFrame:
 
 
 def plan_shards(
-    ns_dir: Path, missing: Iterable[tuple[str, str]], features: FeatureConfig, shard_size: int
+    ns_dir: Path,
+    missing: Iterable[tuple[str, str]],
+    features: FeatureConfig,
+    shard_size: int,
+    sample_augment: tuple[str, ...] = (),
+    augment_seed: int = 0,
 ) -> list[ShardJob]:
     """Group clips (sorted by hash, so a plan is reproducible) into shard jobs."""
     clips = sorted(set(missing))
@@ -96,7 +104,7 @@ def plan_shards(
     for i in range(0, len(clips), shard_size):
         chunk = tuple(clips[i : i + shard_size])
         name = hashlib.sha256("".join(h for h, _ in chunk).encode()).hexdigest()[:20]
-        jobs.append(ShardJob(str(ns_dir), name, chunk, features))
+        jobs.append(ShardJob(str(ns_dir), name, chunk, features, sample_augment, augment_seed))
     return jobs
 
 
@@ -106,18 +114,25 @@ def build_shard(job: ShardJob) -> ShardResult:
     shards = Path(job.namespace_dir) / "shards"
     extractor = _extractor(job.features.model_dump_json())
     rate = job.features.audio_sample_rate
+    augmentations = parse_augmentations(list(job.sample_augment))
     arrays: list[np.ndarray] = []
+    augmented: list[bool] = []
     audio_samples = 0
     for i in range(0, len(job.clips), _MFCC_BATCH):
         batch = []
-        for _, wav in job.clips[i : i + _MFCC_BATCH]:
+        for content_hash, wav in job.clips[i : i + _MFCC_BATCH]:
             samples, wav_rate = read_wav_int16(Path(wav))
             if wav_rate != rate:
                 raise ValueError(
                     f"{wav} is {wav_rate} Hz but features are for {rate} Hz; "
                     "run the validate stage, which resamples"
                 )
+            changed = False
+            if augmentations:  # one generator per clip: the same copy in any shard or order
+                rng = np.random.default_rng([job.augment_seed, int(content_hash[:15], 16)])
+                samples, changed = augment_audio(samples, augmentations, rate, rng)
             batch.append(samples)
+            augmented.append(changed)
             audio_samples += len(samples)
         arrays += extractor.batch(batch)
     lengths = np.array([len(a) for a in arrays], np.int64)
@@ -128,9 +143,10 @@ def build_shard(job: ShardJob) -> ShardResult:
     index = pd.DataFrame(
         {
             "content_hash": [h for h, _ in job.clips],
-            "shard": job.name,
+            "shard": f"{Path(job.namespace_dir).name}/{job.name}",
             "offset": offsets,
             "n_frames": lengths,
+            "augmented": augmented,
         }
     )
     with atomic_path(shards / f"{job.name}.index.csv", suffix=".csv") as tmp:
@@ -158,18 +174,28 @@ def serial_map(fn: Callable[[ShardJob], ShardResult], jobs: list[ShardJob]) -> l
 
 
 class ShardReader:
-    """Reads clips' frames from memory-mapped shards (opened once, then shared)."""
+    """Reads clips' frames from memory-mapped shards (opened once, then shared).
 
-    def __init__(self, ns_dir: Path) -> None:
-        self.dir = Path(ns_dir) / "shards"
-        self.n_input = int(json.loads((Path(ns_dir) / "params.json").read_text())["n_input"])
+    Shard ids are `<namespace>/<name>`, relative to the features root, so one reader
+    serves a split's clips and their augmented copies in a namespace beside it.
+    """
+
+    def __init__(self, root: Path, n_input: int) -> None:
+        self.root = Path(root)
+        self.n_input = n_input
         self._open: dict[str, np.ndarray] = {}
 
-    def shard(self, name: str) -> np.ndarray:
-        array = self._open.get(name)
+    @classmethod
+    def for_index(cls, index_csv: Path) -> ShardReader:
+        params = json.loads((Path(index_csv).parent / "params.json").read_text())
+        return cls(Path(index_csv).parent.parent, int(params["n_input"]))
+
+    def shard(self, shard_id: str) -> np.ndarray:
+        array = self._open.get(shard_id)
         if array is None:
-            array = np.load(self.dir / f"{name}.npy", mmap_mode="r")
-            self._open[name] = array
+            ns, name = shard_id.split("/", 1)
+            array = np.load(self.root / ns / "shards" / f"{name}.npy", mmap_mode="r")
+            self._open[shard_id] = array
         return array
 
     def read(self, shard: str, offset: int, n_frames: int) -> np.ndarray:
@@ -185,18 +211,95 @@ def _split_clips(csv_path: Path) -> pd.DataFrame:
     return df
 
 
+def _ensure_clips(
+    ns_dir: Path,
+    clips: set[tuple[str, str]],
+    features: FeatureConfig,
+    shard_size: int,
+    map_fn: MapFn,
+    sample_augment: tuple[str, ...] = (),
+    augment_seed: int = 0,
+) -> tuple[pd.DataFrame, int]:
+    """Compute the shards for clips this namespace lacks; (catalog by hash, clips computed)."""
+    atomic_write_json(
+        ns_dir / "params.json",
+        {
+            "version": FEATURE_VERSION,
+            **features.model_dump(),
+            "sample_augment": list(sample_augment),
+            "augment_seed": augment_seed,
+        },
+    )
+    stale = remove_stale_temporaries(ns_dir / "shards")
+    if stale:
+        log.info("removed %d partial file(s) left by an interrupted build", stale)
+    known = set(read_catalog(ns_dir).content_hash)
+    missing = {(h, w) for h, w in clips if h not in known}
+    jobs = plan_shards(ns_dir, missing, features, shard_size, sample_augment, augment_seed)
+    log.info(
+        "features %s: %d clips cached, %d to compute in %d shard(s)",
+        ns_dir.name,
+        len({h for h, _ in clips} & known),
+        len({h for h, _ in missing}),
+        len(jobs),
+    )
+    results = map_fn(build_shard, jobs) if jobs else []
+    for r in results:
+        rate = r.audio_seconds / max(r.seconds, 1e-9)
+        log.info(
+            "shard %s: %d clips, %.0f audio-s in %.1f s (%.0f audio-s/s)",
+            r.name,
+            r.clips,
+            r.audio_seconds,
+            r.seconds,
+            rate,
+        )
+    return read_catalog(ns_dir).set_index("content_hash"), sum(r.clips for r in results)
+
+
+def _write_index(path: Path, df: pd.DataFrame, catalog: pd.DataFrame) -> None:
+    located = catalog.loc[df.content_hash]
+    index = pd.DataFrame(
+        {
+            "wav_filename": df.wav_filename.to_numpy(),
+            "content_hash": df.content_hash.to_numpy(),
+            "shard": located.shard.to_numpy(),
+            "offset": located.offset.to_numpy(),
+            "n_frames": located.n_frames.to_numpy(),
+            "duration": df.duration.to_numpy(),
+            "transcript": df.transcript.to_numpy(),
+        },
+        columns=INDEX_COLUMNS,
+    )
+    with atomic_path(path, suffix=".csv") as tmp:
+        index.to_csv(tmp, index=False)
+
+
+def _clip_set(frames: Iterable[pd.DataFrame]) -> set[tuple[str, str]]:
+    return {(h, w) for df in frames for h, w in zip(df.content_hash, df.wav_filename, strict=True)}
+
+
 def build_feature_cache(
     corpus: CorpusManifest,
     features: FeatureConfig,
     workdir: Path,
     shard_size: int = 2000,
     map_fn: MapFn = serial_map,
+    sample_augment: list[str] | tuple[str, ...] = (),
+    augment_seed: int = 0,
 ) -> FeatureCacheManifest:
-    """Make sure every clip of every split has cached features; write the split indexes."""
+    """Make sure every clip of every split has cached features; write the split indexes.
+
+    With sample-domain augmentations, the training clips also get an augmented copy in
+    a namespace of its own (keyed by the specs and seed), listed as `train_augmented`.
+    """
+    sample_augment = tuple(sample_augment)
     ns = namespace_for(features)
-    ns_dir = Path(workdir) / "features" / ns
+    root = Path(workdir) / "features"
+    ns_dir = root / ns
     manifest_path = ns_dir / "manifest.json"
-    fingerprint = text_sha256(corpus.fingerprint, ns)
+    aug_key = text_sha256(json.dumps(sample_augment), str(augment_seed)) if sample_augment else ""
+    fingerprint = text_sha256(corpus.fingerprint, ns, aug_key)
     if manifest_path.is_file():
         previous = FeatureCacheManifest.model_validate_json(manifest_path.read_text())
         if previous.fingerprint == fingerprint and all(
@@ -206,67 +309,45 @@ def build_feature_cache(
             total = sum(previous.counts.values())
             return previous.model_copy(update={"computed": 0, "reused_clips": total})
 
-    atomic_write_json(ns_dir / "params.json", {"version": FEATURE_VERSION, **features.model_dump()})
-    stale = remove_stale_temporaries(ns_dir / "shards")
-    if stale:
-        log.info("removed %d partial file(s) left by an interrupted build", stale)
     splits = {split: _split_clips(path) for split, path in corpus.splits.items()}
-    catalog = read_catalog(ns_dir)
-    known = set(catalog.content_hash)
-    wanted = {
-        (h, w)
-        for df in splits.values()
-        for h, w in zip(df.content_hash, df.wav_filename, strict=True)
-    }
-    missing = {(h, w) for h, w in wanted if h not in known}
-    jobs = plan_shards(ns_dir, missing, features, shard_size)
-    unique_missing = len({h for h, _ in missing})
-    log.info(
-        "features %s: %d clips cached, %d to compute in %d shard(s)",
-        ns,
-        len({h for h, _ in wanted}) - unique_missing,
-        unique_missing,
-        len(jobs),
+    catalog, computed = _ensure_clips(
+        ns_dir, _clip_set(splits.values()), features, shard_size, map_fn
     )
-    results = map_fn(build_shard, jobs) if jobs else []
-    for r in results:
-        log.info(
-            "shard %s: %d clips, %.0f audio-s in %.1f s (%.0f audio-s/s)",
-            r.name,
-            r.clips,
-            r.audio_seconds,
-            r.seconds,
-            r.audio_seconds / max(r.seconds, 1e-9),
-        )
-    catalog = read_catalog(ns_dir).set_index("content_hash")
-
     indexes: dict[str, Path] = {}
     for split, df in splits.items():
-        located = catalog.loc[df.content_hash]
-        index = pd.DataFrame(
-            {
-                "wav_filename": df.wav_filename.to_numpy(),
-                "content_hash": df.content_hash.to_numpy(),
-                "shard": located.shard.to_numpy(),
-                "offset": located.offset.to_numpy(),
-                "n_frames": located.n_frames.to_numpy(),
-                "duration": df.duration.to_numpy(),
-                "transcript": df.transcript.to_numpy(),
-            },
-            columns=INDEX_COLUMNS,
-        )
         indexes[split] = ns_dir / f"index_{split}.csv"
-        with atomic_path(indexes[split], suffix=".csv") as tmp:
-            index.to_csv(tmp, index=False)
-    computed = sum(r.clips for r in results)
+        _write_index(indexes[split], df, catalog)
+    counts = {split: len(df) for split, df in splits.items()}
+
+    if sample_augment and "train" in splits:
+        aug_dir = root / f"{ns}-aug-{aug_key[:12]}"
+        aug_catalog, aug_computed = _ensure_clips(
+            aug_dir,
+            _clip_set([splits["train"]]),
+            features,
+            shard_size,
+            map_fn,
+            sample_augment,
+            augment_seed,
+        )
+        computed += aug_computed
+        train = splits["train"]
+        changed = aug_catalog.loc[train.content_hash, "augmented"].to_numpy(bool)
+        indexes["train_augmented"] = aug_dir / "index_train_augmented.csv"
+        _write_index(indexes["train_augmented"], train[changed], aug_catalog)
+        counts["train_augmented"] = int(changed.sum())
+        log.info(
+            "augmented copies of %d training clips (%s)", changed.sum(), ", ".join(sample_augment)
+        )
+
     manifest = FeatureCacheManifest(
         cache_dir=ns_dir,
         namespace=ns,
         indexes=indexes,
         alphabet_path=corpus.alphabet_path,
-        counts={split: len(df) for split, df in splits.items()},
+        counts=counts,
         computed=computed,
-        reused_clips=sum(len(df) for df in splits.values()) - computed,
+        reused_clips=sum(counts.values()) - computed,
         fingerprint=fingerprint,
     )
     atomic_write_json(manifest_path, manifest.model_dump(mode="json"))

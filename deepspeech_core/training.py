@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.augmentation import AugmentationPlan, parse_augmentations
+from deepspeech_core.augmentation import AugmentationPlan, parse_augmentations, split_specs
 from deepspeech_core.checkpoints import (
     ModelSpec,
     check_compatible,
@@ -176,6 +176,10 @@ def train(
     if "train" not in feature_manifest.indexes:
         raise TrainingError("no training split: give --corpus or --train_files to train")
     train_index = SplitIndex.load(feature_manifest.indexes["train"], alphabet)
+    if "train_augmented" in feature_manifest.indexes:  # sample-augmented copies of clips
+        extra = SplitIndex.load(feature_manifest.indexes["train_augmented"], alphabet)
+        log.info("training on %d clips plus %d augmented copies", len(train_index), len(extra))
+        train_index = train_index.concat(extra)
     dev_index = (
         SplitIndex.load(feature_manifest.indexes["dev"], alphabet)
         if "dev" in feature_manifest.indexes
@@ -207,7 +211,8 @@ def train(
     history = _load_history(checkpoint_dir / "history.json", int(state.completed_epochs.numpy()))
 
     train_step = make_train_step(model, optimizer, feature_cfg.n_input)
-    augmentations = tuple(parse_augmentations(cfg.augment))
+    # Sample-domain augmentations were applied by the features stage (an augmented copy).
+    augmentations = tuple(parse_augmentations(split_specs(cfg.augment)[1]))
     eval_step = make_eval_step(model, feature_cfg.n_input)
     steps_per_epoch = math.ceil(len(train_index) / cfg.train_batch_size)
     total_steps = cfg.epochs * steps_per_epoch

@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from deepspeech_core.augmentation import split_specs
 from deepspeech_core.config import ExecutionConfig, PipelineConfig
 from deepspeech_core.feature_cache import ShardJob, ShardResult, build_feature_cache, build_shard
 from deepspeech_core.manifests import CorpusManifest, FeatureCacheManifest
@@ -51,9 +52,16 @@ def make_task_runner(execution: ExecutionConfig) -> TaskRunner:
 def build_feature_cache_flow(
     config: PipelineConfig, corpus: CorpusManifest
 ) -> FeatureCacheManifest:
+    sample_augment, _ = split_specs(config.training.augment)
     with core_logs_to_run_log():
         manifest = build_feature_cache(
-            corpus, config.features, config.workdir, config.execution.shard_size, _map_shards
+            corpus,
+            config.features,
+            config.workdir,
+            config.execution.shard_size,
+            _map_shards,
+            sample_augment=sample_augment,
+            augment_seed=config.training.seed,
         )
     counts = ", ".join(f"{k}: {v}" for k, v in manifest.counts.items())
     create_markdown_artifact(

@@ -42,7 +42,8 @@ def test_value_syntax_follows_deepspeech():
         ("time_mask[nn=2]", "unknown parameter"),
         ("time_mask[n=two]", "bad value"),
         ("time_mask[p=2]", "between 0 and 1"),
-        ("volume[p=0.5]", "before features"),
+        ("volume[p=0.5,gain=3]", "unknown parameter"),
+        ("overlay[p=0.5,source=/nonexistent]", "neither a folder"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(spec, message):
@@ -111,3 +112,108 @@ def test_augmented_batches_are_reproducible(trained):
     assert not np.array_equal(first.features[:, : plain.features.shape[1]], plain.features)
     other = load_batch(index, plan[2], aug, batch_number=3)
     assert not np.array_equal(first.features, other.features)
+
+
+# --- sample domain (before the cache) -------------------------------------------------
+
+
+def _speechlike(seconds=1.0, rate=16000, seed=0):
+    """Harmonics plus a little noise, as int16."""
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(seed)
+    x = sum(np.sin(2 * np.pi * f * t) / k for k, f in enumerate([220, 440, 3000, 6000], 1))
+    x = 0.2 * x / np.abs(x).max() + rng.normal(0, 0.005, len(t))
+    return np.round(x * 32767).astype(np.int16)
+
+
+def _run_sample(spec, pcm, seed=0):
+    from deepspeech_core.augmentation import augment_audio
+
+    out, changed = augment_audio(
+        pcm, [parse_augmentation(spec)], 16000, np.random.default_rng(seed)
+    )
+    assert changed
+    return out.astype(np.float64) / 32768.0
+
+
+def _band_energy(x, low, high, rate=16000):
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(x), 1 / rate)
+    return spectrum[(freqs >= low) & (freqs < high)].sum()
+
+
+def test_volume_sets_the_peak_level():
+    out = _run_sample("volume[p=1,dbfs=6]", _speechlike())
+    assert 20 * np.log10(np.abs(out).max()) == pytest.approx(-6, abs=0.05)
+
+
+def test_resample_removes_what_the_lower_rate_cannot_hold():
+    pcm = _speechlike()
+    original = pcm.astype(np.float64) / 32768.0
+    out = _run_sample("resample[p=1,rate=8000]", pcm)
+    assert len(out) == len(pcm)
+    assert _band_energy(out, 5000, 8000) < 0.01 * _band_energy(original, 5000, 8000)
+    assert _band_energy(out, 100, 1000) == pytest.approx(_band_energy(original, 100, 1000), rel=0.1)
+
+
+def test_reverb_adds_echoes_and_keeps_the_peak():
+    pcm = np.zeros(16000, np.int16)
+    pcm[:800] = _speechlike(0.05)
+    out = _run_sample("reverb[p=1,delay=20,decay=6]", pcm)
+    original = pcm.astype(np.float64) / 32768.0
+    assert not original[2000:].any()
+    assert np.abs(out[2000:]).max() > 0.01 * np.abs(original).max(), "echoes after the sound"
+    assert np.abs(out).max() == pytest.approx(np.abs(original).max(), rel=0.01)
+
+
+def test_codec_round_trip_is_lossy_but_close():
+    pcm = _speechlike()
+    out = _run_sample("codec[p=1,bitrate=16000]", pcm)
+    original = pcm.astype(np.float64) / 32768.0
+    assert len(out) == len(pcm) and not np.allclose(out, original, atol=1e-4)
+    assert np.corrcoef(out[1000:-1000], original[1000:-1000])[0, 1] > 0.5
+
+
+def test_overlay_mixes_noise_at_the_requested_snr(tmp_path):
+    import soundfile
+
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    soundfile.write(noise_dir / "hum.wav", _speechlike(0.3, seed=5)[::-1], 16000)
+    pcm = _speechlike()
+    out = _run_sample(f"overlay[p=1,source={noise_dir},snr=10]", pcm)
+    original = pcm.astype(np.float64) / 32768.0
+    noise = out - original
+    snr = 10 * np.log10(np.mean(original**2) / np.mean(noise**2))
+    assert snr == pytest.approx(10, abs=0.2)
+
+
+def test_sample_augmentation_makes_a_separate_augmented_copy(trained):
+    from deepspeech_core.feature_cache import build_feature_cache
+
+    cfg, corpus, plain, _ = trained
+    specs = ["resample[p=1,rate=4000]", "volume[p=1,dbfs=10]"]
+    first = build_feature_cache(
+        corpus, cfg.features, cfg.workdir, sample_augment=specs, augment_seed=5
+    )
+    assert first.namespace == plain.namespace, "the original namespace is reused"
+    assert first.counts["train_augmented"] == first.counts["train"]
+    aug_index = first.indexes["train_augmented"]
+    assert aug_index.parent.name.startswith(f"{plain.namespace}-aug-")
+    alphabet = Alphabet.load(first.alphabet_path)
+    original = SplitIndex.load(first.indexes["train"], alphabet)
+    augmented = SplitIndex.load(aug_index, alphabet)
+    assert not np.allclose(original.features(0), augmented.features(0))
+    assert original.n_frames[0] == augmented.n_frames[0]
+    both = original.concat(augmented)
+    assert len(both) == 2 * len(original)
+    again = build_feature_cache(
+        corpus, cfg.features, cfg.workdir, sample_augment=specs, augment_seed=5
+    )
+    assert again.computed == 0
+    # the plain cache is what it was: the augmented copy lives elsewhere
+    unaugmented = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    assert "train_augmented" not in unaugmented.indexes and unaugmented.computed == 0
+    np.testing.assert_array_equal(
+        SplitIndex.load(unaugmented.indexes["train"], alphabet).features(0), original.features(0)
+    )
