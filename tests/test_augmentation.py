@@ -217,3 +217,21 @@ def test_sample_augmentation_makes_a_separate_augmented_copy(trained):
     np.testing.assert_array_equal(
         SplitIndex.load(unaugmented.indexes["train"], alphabet).features(0), original.features(0)
     )
+
+
+def test_sample_augmented_copies_are_reproducible_by_seed(trained, tmp_path):
+    from deepspeech_core.feature_cache import build_feature_cache
+
+    cfg, corpus, _, _ = trained
+    specs = ["reverb[p=0.5,delay=10:30,decay=6~2]", "codec[p=0.5,bitrate=8000]"]
+
+    def copies(workdir, seed):
+        m = build_feature_cache(
+            corpus, cfg.features, workdir, sample_augment=specs, augment_seed=seed
+        )
+        index = SplitIndex.load(m.indexes["train_augmented"], Alphabet.load(m.alphabet_path))
+        return [index.features(i).tobytes() for i in range(len(index))]
+
+    a, b, c = copies(tmp_path / "a", 1), copies(tmp_path / "b", 1), copies(tmp_path / "c", 2)
+    assert a == b and 0 < len(a) < 32  # p=0.5 twice: most but not all clips changed
+    assert a != c
