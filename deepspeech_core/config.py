@@ -92,6 +92,30 @@ class TrainingConfig(_Section):
     checkpoint_secs: int = Field(600, ge=1, description="...and every N seconds.")
     max_to_keep: int = Field(5, ge=1, description="Periodic checkpoints kept.")
     train_retries: int = Field(3, ge=0, description="Prefect retries of the train stage.")
+    load_train: Literal["auto", "best", "last", "init"] = Field(
+        "auto",
+        description="auto: newest checkpoint (resume), else start; best/last: that one; "
+        "init: start fresh (refused if the directory already holds checkpoints).",
+    )
+    force_initialize_learning_rate: bool = Field(
+        False, description="On resume, use --learning_rate instead of the checkpoint's."
+    )
+    early_stop: bool = Field(False, description="Stop when dev loss stops improving.")
+    es_epochs: int = Field(25, ge=1, description="Epochs without improvement before stopping.")
+    es_min_delta: float = Field(0.05, ge=0, description="Smallest dev-loss gain that counts.")
+    reduce_lr_on_plateau: bool = Field(False, description="Cut the LR when dev loss stalls.")
+    plateau_epochs: int = Field(10, ge=1, description="Epochs without improvement per cut.")
+    plateau_reduction: float = Field(0.1, gt=0, lt=1, description="LR multiplier per cut.")
+    max_bad_batches: int = Field(
+        10, ge=0, description="Skipped inf/NaN-loss batches tolerated before training stops."
+    )
+    deterministic: bool = Field(
+        False, description="Deterministic TensorFlow ops: bit-identical resumes, a little slower."
+    )
+    require_gpu: bool = Field(False, description="Fail at once when no GPU is visible.")
+    gpu_memory_growth: bool = Field(
+        True, description="Allocate GPU memory as needed (the playbook's cuDNN-init fix)."
+    )
     augment: list[str] = Field(
         default_factory=list,
         description="DeepSpeech --augment specs, e.g. 'frequency_mask[p=0.8,n=2:4,size=2:4]'.",

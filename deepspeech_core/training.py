@@ -1,15 +1,13 @@
 """The train stage: DeepSpeech's training loop, resumable at the next batch.
 
-Read top to bottom: `train` sets up (model, optimizer, checkpoint state, resume),
-then runs epochs; `_train_epoch` runs the batches of one epoch's plan that were not
-yet trained on; `dev_loss` evaluates. State saved in every checkpoint: weights,
-optimizer slots, dropout RNG state, global step, the step at which the current epoch
-began, completed epochs and the best dev loss. Per-epoch losses go to history.json.
+Read top to bottom: `train` prepares (devices, lock, model, optimizer, resume), then
+runs epochs; `_train_epoch` runs the batches of one epoch's plan that were not yet
+trained on; `_end_epoch` evaluates dev loss and applies best-model, early-stop and
+plateau rules. Everything a restart needs is in the checkpoint (see training_state).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -32,9 +30,12 @@ from deepspeech_core.checkpoints import (
 )
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.dataset import Batch, SplitIndex, batch_plan, batch_signature, make_dataset
+from deepspeech_core.devices import preflight, warn_if_model_on_cpu
 from deepspeech_core.io_utils import atomic_write_json
+from deepspeech_core.locking import training_lock
 from deepspeech_core.losses import ctc_loss_per_sample, make_eval_step
 from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
+from deepspeech_core.training_state import CheckpointSaver, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,15 @@ def make_optimizer(cfg: TrainingConfig) -> keras.optimizers.Optimizer:
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_input: int):
-    """One compiled optimisation step; shapes are dynamic so it is traced once."""
+    """One compiled optimisation step, traced once (dynamic shapes).
+
+    Returns (loss, applied): a batch whose loss or gradients are not finite leaves the
+    weights and optimizer untouched (applied=False), so a bad clip can never poison the
+    model or a checkpoint.
+    """
 
     @tf.function(input_signature=[batch_signature(n_input)])
-    def train_step(batch: Batch) -> tf.Tensor:
+    def train_step(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             logits = model(batch.features, training=True)
             loss = tf.reduce_mean(
@@ -76,85 +82,43 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
                 )
             )
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
+        finite = tf.math.is_finite(loss)
+        for g in grads:
+            finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
+
+        def apply() -> tf.Tensor:
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return tf.constant(True)
+
+        applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        return loss, applied
 
     return train_step
 
 
 def dev_loss(eval_step, index: SplitIndex, batch_size: int, n_input: int) -> float:
-    """Mean per-clip CTC loss over a split."""
-    total, count = 0.0, 0
+    """Mean per-clip CTC loss over a split (non-finite clips are left out and logged)."""
+    total, count, bad = 0.0, 0, 0
     for batch in make_dataset(index, batch_plan(index.n_frames, batch_size), n_input):
         losses = eval_step(batch)[1].numpy()
-        total += float(losses.sum())
-        count += len(losses)
+        finite = np.isfinite(losses)
+        bad += int((~finite).sum())
+        total += float(losses[finite].sum())
+        count += int(finite.sum())
+    if bad:
+        log.warning("%d dev clip(s) had a non-finite loss and were left out of dev loss", bad)
     return total / max(count, 1)
 
 
-class _State:
-    """Counters saved with every checkpoint (tf.Variables so tf.train.Checkpoint holds them)."""
-
-    def __init__(self) -> None:
-        self.step = tf.Variable(0, dtype=tf.int64, name="step")
-        self.epoch_start_step = tf.Variable(0, dtype=tf.int64, name="epoch_start_step")
-        self.completed_epochs = tf.Variable(0, dtype=tf.int64, name="completed_epochs")
-        self.best_dev_loss = tf.Variable(math.inf, dtype=tf.float64, name="best_dev_loss")
-        # Sum of this epoch's batch losses, so a resumed epoch reports its whole mean.
-        self.epoch_loss_sum = tf.Variable(0.0, dtype=tf.float64, name="epoch_loss_sum")
-
-    def as_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "epoch_start_step": self.epoch_start_step,
-            "completed_epochs": self.completed_epochs,
-            "best_dev_loss": self.best_dev_loss,
-            "epoch_loss_sum": self.epoch_loss_sum,
-        }
-
-    def epoch_mean_loss(self) -> float:
-        steps = int(self.step.numpy() - self.epoch_start_step.numpy())
-        return float(self.epoch_loss_sum.numpy()) / steps if steps else float("nan")
-
-
-class _Saver:
-    """Periodic and best-dev checkpoint managers plus the save-every-N rule."""
-
-    def __init__(self, ckpt: tf.train.Checkpoint, checkpoint_dir: Path, cfg: TrainingConfig):
-        self.periodic = tf.train.CheckpointManager(
-            ckpt, str(checkpoint_dir / "train"), max_to_keep=cfg.max_to_keep
-        )
-        self.best = tf.train.CheckpointManager(ckpt, str(checkpoint_dir / "best"), max_to_keep=1)
-        self.cfg = cfg
-        self.last_save = time.monotonic()
-
-    def save(self, step: int) -> str:
-        self.last_save = time.monotonic()
-        return self.periodic.save(checkpoint_number=step)
-
-    def maybe_save(self, step: int) -> None:
-        due_steps = step % self.cfg.checkpoint_steps == 0
-        due_secs = time.monotonic() - self.last_save >= self.cfg.checkpoint_secs
-        if due_steps or due_secs:
-            path = self.save(step)
-            log.info("checkpoint at step %d: %s", step, path)
-
-
-def _load_history(path: Path, completed_epochs: int) -> dict[str, list[float]]:
-    """Per-epoch losses, trimmed to the epochs the restored checkpoint had completed."""
-    if not path.is_file():
-        return {"train_loss": [], "dev_loss": []}
-    data = json.loads(path.read_text())
-    return {k: list(data.get(k, []))[:completed_epochs] for k in ("train_loss", "dev_loss")}
-
-
-def _check_finite(loss: float, batch: Batch, ids: np.ndarray, index: SplitIndex) -> None:
-    if not math.isfinite(loss):
-        clips = [index.wav_filenames[i] for i in ids]
-        raise TrainingError(
-            f"CTC loss is {loss} on a batch of {clips}; check these clips' audio and "
-            "transcripts (a transcript too long for its audio gives infinite loss)"
-        )
+def _load_index(manifest: FeatureCacheManifest, alphabet: Alphabet) -> SplitIndex:
+    if "train" not in manifest.indexes:
+        raise TrainingError("no training split: give --corpus or --train_files to train")
+    index = SplitIndex.load(manifest.indexes["train"], alphabet)
+    if "train_augmented" in manifest.indexes:  # sample-augmented copies of clips
+        extra = SplitIndex.load(manifest.indexes["train_augmented"], alphabet)
+        log.info("training on %d clips plus %d augmented copies", len(index), len(extra))
+        index = index.concat(extra)
+    return index
 
 
 def train(
@@ -164,111 +128,103 @@ def train(
     cfg: TrainingConfig,
     checkpoint_dir: Path,
     on_progress: ProgressCallback | None = None,
+    tensorboard_dir: Path | None = None,
 ) -> TrainedModelManifest:
     """Train (or continue training) until `cfg.epochs` epochs are complete."""
-    started = time.monotonic()
     checkpoint_dir = Path(checkpoint_dir)
+    devices = preflight(cfg.require_gpu, cfg.gpu_memory_growth)
+    with training_lock(checkpoint_dir):
+        return _train_locked(
+            feature_manifest,
+            model_cfg,
+            feature_cfg,
+            cfg,
+            checkpoint_dir,
+            on_progress,
+            tensorboard_dir or checkpoint_dir.parent / "tensorboard",
+            devices,
+        )
+
+
+def _train_locked(
+    feature_manifest,
+    model_cfg,
+    feature_cfg,
+    cfg,
+    checkpoint_dir,
+    on_progress,
+    tensorboard_dir,
+    devices,
+) -> TrainedModelManifest:
+    started = time.monotonic()
     alphabet = Alphabet.load(feature_manifest.alphabet_path)
     spec = ModelSpec(alphabet, feature_cfg, model_cfg)
     existing = read_spec(checkpoint_dir)
     if existing is not None:
         check_compatible(existing, spec, checkpoint_dir)
-    if "train" not in feature_manifest.indexes:
-        raise TrainingError("no training split: give --corpus or --train_files to train")
-    train_index = SplitIndex.load(feature_manifest.indexes["train"], alphabet)
-    if "train_augmented" in feature_manifest.indexes:  # sample-augmented copies of clips
-        extra = SplitIndex.load(feature_manifest.indexes["train_augmented"], alphabet)
-        log.info("training on %d clips plus %d augmented copies", len(train_index), len(extra))
-        train_index = train_index.concat(extra)
+    train_index = _load_index(feature_manifest, alphabet)
     dev_index = (
         SplitIndex.load(feature_manifest.indexes["dev"], alphabet)
         if "dev" in feature_manifest.indexes
         else None
     )
 
-    # Seed everything first: the initial weights and dropout masks follow from the seed.
+    # Seed everything first: initial weights and dropout masks follow from the seed.
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     model = spec.build()
+    warn_if_model_on_cpu(devices, model.weights)
     optimizer = make_optimizer(cfg)
     optimizer.build(model.trainable_variables)
-    state = _State()
+    state = TrainState()
     ckpt = tracked_state(model, optimizer, **state.as_dict())
-    saver = _Saver(ckpt, checkpoint_dir, cfg)
+    saver = CheckpointSaver(ckpt, checkpoint_dir, cfg, model.weights)
 
-    # Resume: the newest periodic checkpoint holds everything needed to continue.
-    resumed_from = 0
-    if saver.periodic.latest_checkpoint:
-        ckpt.restore(saver.periodic.latest_checkpoint).assert_existing_objects_matched()
-        resumed_from = int(state.step.numpy())
+    # Resume: the checkpoint holds everything needed to continue at the next batch.
+    restored = saver.restore(cfg.load_train)
+    resumed_from = state.int("step")
+    if restored:
         log.info(
-            "resuming from %s: step %d, %d epoch(s) complete",
-            saver.periodic.latest_checkpoint,
+            "resuming from %s: step %d, %d epoch(s) complete, learning rate %.3g",
+            restored,
             resumed_from,
-            int(state.completed_epochs.numpy()),
+            state.int("completed_epochs"),
+            float(optimizer.learning_rate.numpy()),
         )
+    if not restored or cfg.force_initialize_learning_rate:
+        optimizer.learning_rate.assign(cfg.learning_rate)
     write_spec(checkpoint_dir, spec)
-    optimizer.learning_rate.assign(cfg.learning_rate)
-    history = _load_history(checkpoint_dir / "history.json", int(state.completed_epochs.numpy()))
+    history = _load_history(checkpoint_dir / "history.json", state.int("completed_epochs"))
 
-    train_step = make_train_step(model, optimizer, feature_cfg.n_input)
-    # Sample-domain augmentations were applied by the features stage (an augmented copy).
-    augmentations = tuple(parse_augmentations(split_specs(cfg.augment)[1]))
-    eval_step = make_eval_step(model, feature_cfg.n_input)
-    steps_per_epoch = math.ceil(len(train_index) / cfg.train_batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-
-    while int(state.completed_epochs.numpy()) < cfg.epochs:
-        epoch = int(state.completed_epochs.numpy())
-        plan = batch_plan(train_index.n_frames, cfg.train_batch_size, seed=cfg.seed, epoch=epoch)
-        start = int(state.step.numpy() - state.epoch_start_step.numpy())
-        if start:
-            log.info("epoch %d: continuing at batch %d of %d", epoch, start, len(plan))
-        augment = AugmentationPlan(
-            augmentations, cfg.seed, epoch, cfg.epochs, len(plan), feature_cfg.feature_win_step
-        )
-        _train_epoch(
-            train_step,
-            train_index,
-            plan,
-            augment,
-            start,
-            state,
-            saver,
-            feature_cfg,
-            epoch,
-            total_steps,
-            on_progress,
-        )
-        train_loss = state.epoch_mean_loss()
-        # Epoch end: dev loss, history, best model, then a checkpoint that marks it done.
-        history["train_loss"].append(train_loss)
-        if dev_index is not None:
-            loss = dev_loss(eval_step, dev_index, cfg.dev_batch_size, feature_cfg.n_input)
-            history["dev_loss"].append(loss)
-            log.info("epoch %d: train loss %.3f, dev loss %.3f", epoch, train_loss, loss)
-        else:
-            loss = train_loss
-            log.info("epoch %d: train loss %.3f (no dev split)", epoch, train_loss)
-        state.completed_epochs.assign_add(1)
-        state.epoch_start_step.assign(state.step)
-        state.epoch_loss_sum.assign(0.0)
-        atomic_write_json(checkpoint_dir / "history.json", history)
-        if loss < float(state.best_dev_loss.numpy()):
-            state.best_dev_loss.assign(loss)
-            saver.best.save(checkpoint_number=int(state.step.numpy()))
-            log.info("epoch %d: new best dev loss %.3f", epoch, loss)
-        saver.save(int(state.step.numpy()))
+    loop = _Loop(
+        train_step=make_train_step(model, optimizer, feature_cfg.n_input),
+        eval_step=make_eval_step(model, feature_cfg.n_input),
+        optimizer=optimizer,
+        state=state,
+        saver=saver,
+        cfg=cfg,
+        feature_cfg=feature_cfg,
+        train_index=train_index,
+        dev_index=dev_index,
+        history=history,
+        checkpoint_dir=checkpoint_dir,
+        on_progress=on_progress,
+        writer=tf.summary.create_file_writer(str(tensorboard_dir)),
+        augmentations=tuple(parse_augmentations(split_specs(cfg.augment)[1])),
+    )
+    loop.run()
 
     if not saver.periodic.latest_checkpoint:  # epochs=0: still leave a loadable model
-        saver.save(int(state.step.numpy()))
+        saver.save(state.int("step"))
     return TrainedModelManifest(
         checkpoint_dir=checkpoint_dir,
         best_checkpoint=Path(saver.best.latest_checkpoint)
         if saver.best.latest_checkpoint
         else None,
         last_checkpoint=Path(saver.periodic.latest_checkpoint),
-        steps=int(state.step.numpy()),
-        epochs=int(state.completed_epochs.numpy()),
+        steps=state.int("step"),
+        epochs=state.int("completed_epochs"),
         resumed_from_step=resumed_from,
         train_loss_history=history["train_loss"],
         dev_loss_history=history["dev_loss"],
@@ -276,42 +232,165 @@ def train(
     )
 
 
-def _train_epoch(
-    train_step,
-    index: SplitIndex,
-    plan: list[np.ndarray],
-    augment: AugmentationPlan,
-    start: int,
-    state: _State,
-    saver: _Saver,
-    feature_cfg: FeatureConfig,
-    epoch: int,
-    total_steps: int,
-    on_progress: ProgressCallback | None,
-) -> None:
-    """Train on plan[start:], the batches of this epoch not yet trained on."""
-    audio_seconds, t0, last_log = 0.0, time.monotonic(), time.monotonic()
-    remaining = plan[start:]
-    for ids, batch in zip(
-        remaining, make_dataset(index, remaining, feature_cfg.n_input, augment, start), strict=True
-    ):
-        loss = float(train_step(batch).numpy())
-        _check_finite(loss, batch, ids, index)
-        state.epoch_loss_sum.assign_add(loss)
-        state.step.assign_add(1)
-        step = int(state.step.numpy())
-        audio_seconds += float(index.durations[ids].sum())
-        speed = audio_seconds / max(time.monotonic() - t0, 1e-9)
-        saver.maybe_save(step)
-        if time.monotonic() - last_log >= 15:
-            last_log = time.monotonic()
-            log.info(
-                "epoch %d step %d/%d loss %.3f (%.0f audio-s/s)",
-                epoch,
-                step,
-                total_steps,
-                loss,
-                speed,
+def _load_history(path: Path, completed_epochs: int) -> dict[str, list[float]]:
+    """Per-epoch losses, trimmed to the epochs the restored checkpoint had completed."""
+    import json
+
+    if not path.is_file():
+        return {"train_loss": [], "dev_loss": []}
+    data = json.loads(path.read_text())
+    return {k: list(data.get(k, []))[:completed_epochs] for k in ("train_loss", "dev_loss")}
+
+
+@dataclass
+class _Loop:
+    """The epoch loop's collaborators, so each phase is a short method."""
+
+    train_step: Callable
+    eval_step: Callable
+    optimizer: keras.optimizers.Optimizer
+    state: TrainState
+    saver: CheckpointSaver
+    cfg: TrainingConfig
+    feature_cfg: FeatureConfig
+    train_index: SplitIndex
+    dev_index: SplitIndex | None
+    history: dict[str, list[float]]
+    checkpoint_dir: Path
+    on_progress: ProgressCallback | None
+    writer: tf.summary.SummaryWriter
+    augmentations: tuple
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_index) / self.cfg.train_batch_size)
+
+    def run(self) -> None:
+        state, cfg = self.state, self.cfg
+        while state.int("completed_epochs") < cfg.epochs and not bool(state.stopped_early.numpy()):
+            epoch = state.int("completed_epochs")
+            plan = batch_plan(
+                self.train_index.n_frames, cfg.train_batch_size, seed=cfg.seed, epoch=epoch
             )
-        if on_progress is not None:
-            on_progress(Progress(epoch, step, total_steps, loss, speed))
+            start = int(state.step.numpy() - state.epoch_start_step.numpy())
+            if start:
+                log.info("epoch %d: continuing at batch %d of %d", epoch, start, len(plan))
+            self._train_epoch(epoch, plan, start)
+            self._end_epoch(epoch)
+        if bool(state.stopped_early.numpy()):
+            log.info("training stopped early after %d epoch(s)", state.int("completed_epochs"))
+
+    def _train_epoch(self, epoch: int, plan: list[np.ndarray], start: int) -> None:
+        """Train on plan[start:], the batches of this epoch not yet trained on."""
+        state, index = self.state, self.train_index
+        augment = AugmentationPlan(
+            self.augmentations,
+            self.cfg.seed,
+            epoch,
+            self.cfg.epochs,
+            len(plan),
+            self.feature_cfg.feature_win_step,
+        )
+        remaining = plan[start:]
+        dataset = make_dataset(index, remaining, self.feature_cfg.n_input, augment, start)
+        total_steps = self.cfg.epochs * self.steps_per_epoch
+        audio_seconds, t0, last_log = 0.0, time.monotonic(), time.monotonic()
+        for ids, batch in zip(remaining, dataset, strict=True):
+            step_started = time.monotonic()
+            loss_t, applied = self.train_step(batch)
+            loss = float(loss_t.numpy())
+            state.step.assign_add(1)
+            step = state.int("step")
+            if bool(applied.numpy()):
+                state.epoch_loss_sum.assign_add(loss)
+                state.epoch_good_steps.assign_add(1)
+            else:
+                self._bad_batch(loss, ids)
+            audio_seconds += float(index.durations[ids].sum())
+            speed = audio_seconds / max(time.monotonic() - t0, 1e-9)
+            saved = self.saver.maybe_save(step)
+            if saved:
+                log.info("checkpoint at step %d: %s", step, saved)
+            if time.monotonic() - last_log >= 15 or step == total_steps:
+                last_log = time.monotonic()
+                log.info(
+                    "epoch %d step %d/%d loss %.3f (%.0f audio-s/s)",
+                    epoch,
+                    step,
+                    total_steps,
+                    loss,
+                    speed,
+                )
+            if step % 10 == 0:
+                with self.writer.as_default(step=step):
+                    tf.summary.scalar("train/loss", loss)
+                    tf.summary.scalar("train/learning_rate", float(self.optimizer.learning_rate))
+                    tf.summary.scalar("train/step_seconds", time.monotonic() - step_started)
+                    tf.summary.scalar("train/audio_seconds_per_second", speed)
+            if self.on_progress is not None:
+                self.on_progress(Progress(epoch, step, total_steps, loss, speed))
+
+    def _bad_batch(self, loss: float, ids: np.ndarray) -> None:
+        """Skip a batch with an inf/NaN loss; stop when there are too many."""
+        self.state.bad_batches.assign_add(1)
+        clips = [self.train_index.wav_filenames[i] for i in ids]
+        count = self.state.int("bad_batches")
+        log.warning("skipped a batch with loss %s (%d so far): %s", loss, count, clips)
+        if count > self.cfg.max_bad_batches:
+            raise TrainingError(
+                f"{count} batches had an inf/NaN loss (more than --max_bad_batches "
+                f"{self.cfg.max_bad_batches}); the last one held {clips}. Check those clips' "
+                "audio and transcripts, or lower --learning_rate."
+            )
+
+    def _end_epoch(self, epoch: int) -> None:
+        """Dev loss, history, best model, early stop and plateau, then a checkpoint."""
+        state, cfg = self.state, self.cfg
+        train_loss = state.epoch_mean_loss()
+        self.history["train_loss"].append(train_loss)
+        loss = train_loss
+        if self.dev_index is not None:
+            loss = dev_loss(
+                self.eval_step, self.dev_index, cfg.dev_batch_size, self.feature_cfg.n_input
+            )
+            self.history["dev_loss"].append(loss)
+        log.info(
+            "epoch %d: train loss %.3f, %s loss %.3f",
+            epoch,
+            train_loss,
+            "dev" if self.dev_index is not None else "(no dev split) train",
+            loss,
+        )
+        with self.writer.as_default(step=state.int("step")):
+            tf.summary.scalar("epoch/train_loss", train_loss)
+            tf.summary.scalar("epoch/dev_loss", loss)
+        self.writer.flush()
+
+        improved = loss < float(state.best_dev_loss.numpy()) - cfg.es_min_delta
+        if loss < float(state.best_dev_loss.numpy()):
+            state.best_dev_loss.assign(loss)
+            self.saver.save_best(state.int("step"))
+            log.info("epoch %d: new best dev loss %.3f", epoch, loss)
+        state.es_counter.assign(0 if improved else state.int("es_counter") + 1)
+        state.plateau_counter.assign(0 if improved else state.int("plateau_counter") + 1)
+        if cfg.reduce_lr_on_plateau and state.int("plateau_counter") >= cfg.plateau_epochs:
+            lr = float(self.optimizer.learning_rate.numpy()) * cfg.plateau_reduction
+            self.optimizer.learning_rate.assign(lr)
+            state.plateau_counter.assign(0)
+            log.info(
+                "dev loss has not improved for %d epochs: learning rate now %.3g",
+                cfg.plateau_epochs,
+                lr,
+            )
+        if cfg.early_stop and state.int("es_counter") >= cfg.es_epochs:
+            state.stopped_early.assign(True)
+            log.info(
+                "dev loss has not improved by %g for %d epochs: stopping early",
+                cfg.es_min_delta,
+                cfg.es_epochs,
+            )
+
+        state.completed_epochs.assign_add(1)
+        state.start_epoch()
+        atomic_write_json(self.checkpoint_dir / "history.json", self.history)
+        self.saver.save(state.int("step"))

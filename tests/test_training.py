@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from deepspeech_core.checkpoints import CheckpointError, load_model
 from deepspeech_core.config import ModelConfig
@@ -95,14 +96,29 @@ def test_different_architecture_is_refused(trained):
         train(features, ModelConfig(n_hidden=64), cfg.features, cfg.training, cfg.checkpoint_dir)
 
 
-def test_non_finite_loss_names_the_clips(trained, tmp_path, monkeypatch):
+def test_non_finite_batches_are_skipped_then_training_stops(trained, tmp_path, monkeypatch):
     import deepspeech_core.training as training
 
     cfg, _, features, _ = trained
     real = training.ctc_loss_per_sample
-    monkeypatch.setattr(training, "ctc_loss_per_sample", lambda *a: real(*a) * np.inf)
-    with pytest.raises(training.TrainingError, match="wav"):
-        train(features, cfg.model, cfg.features, cfg.training, tmp_path / "ckpt")
+
+    # A clip whose label is absurdly long for its frames gives CTC an infinite loss.
+    def poisoned(labels, label_lengths, logits, logit_lengths):
+        loss = real(labels, label_lengths, logits, logit_lengths)
+        first_is_long = tf.shape(labels)[1] > 30  # the batches holding the longest transcripts
+        return tf.where(first_is_long, loss * np.inf, loss)
+
+    monkeypatch.setattr(training, "ctc_loss_per_sample", poisoned)
+    tolerant = cfg.training.model_copy(update={"max_bad_batches": 100})
+    result = train(features, cfg.model, cfg.features, tolerant, tmp_path / "tolerant")
+    model, _, _ = load_model(tmp_path / "tolerant", "train")
+    assert all(np.isfinite(v.numpy()).all() for v in model.weights), "no NaN in a checkpoint"
+    assert result.epochs == 2
+
+    strict = cfg.training.model_copy(update={"max_bad_batches": 0})
+    with pytest.raises(training.TrainingError, match="max_bad_batches") as info:
+        train(features, cfg.model, cfg.features, strict, tmp_path / "strict")
+    assert ".wav" in str(info.value)
 
 
 def test_training_with_augmentation(trained, tmp_path):

@@ -1,0 +1,80 @@
+"""One training per checkpoint directory: a lock file naming its owner.
+
+Two trainings writing one checkpoint directory would interleave checkpoints and corrupt
+each other's resume point. The lock holds the owner's pid, host and start time; a lock
+left by a process that is gone (on this host) is stale and taken over, so a crash never
+blocks the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class TrainingLockedError(RuntimeError):
+    """Another live training holds the checkpoint directory."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+
+
+def _try_create(path: Path, owner: dict) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(owner, f)
+    return True
+
+
+@contextmanager
+def training_lock(checkpoint_dir: Path) -> Iterator[Path]:
+    """Hold CHECKPOINT_DIR/train.lock for the duration of the block."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / "train.lock"
+    owner = _owner()
+    for _ in range(3):
+        if _try_create(path, owner):
+            break
+        try:
+            holder = json.loads(path.read_text())
+        except (OSError, ValueError):
+            holder = {}
+        same_host = holder.get("host") == owner["host"]
+        if holder and (not same_host or _alive(int(holder.get("pid", -1)))):
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+            raise TrainingLockedError(
+                f"{checkpoint_dir} is in use by another training (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {started}). Wait for it to finish, stop it, or "
+                f"train into another --checkpoint_dir. If that process is gone for good, "
+                f"delete {path}."
+            )
+        path.unlink(missing_ok=True)  # stale: its owner is dead; take it over
+    else:
+        raise TrainingLockedError(f"could not take {path}: another process keeps recreating it")
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text()).get("pid") == owner["pid"]:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
