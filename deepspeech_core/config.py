@@ -79,13 +79,13 @@ class ModelConfig(_Section):
 class TrainingConfig(_Section):
     """Optimiser, schedule and checkpoints."""
 
-    epochs: int = Field(75, ge=0)
-    train_batch_size: int = Field(1, ge=1)
-    dev_batch_size: int = Field(1, ge=1)
-    learning_rate: float = Field(0.001, gt=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    epsilon: float = Field(1e-8, gt=0)
+    epochs: int = Field(75, ge=0, description="Passes over the training set.")
+    train_batch_size: int = Field(1, ge=1, description="Clips per training step.")
+    dev_batch_size: int = Field(1, ge=1, description="Clips per dev-loss batch.")
+    learning_rate: float = Field(0.001, gt=0, description="Adam learning rate.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
+    epsilon: float = Field(1e-8, gt=0, description="Adam epsilon.")
     seed: int = Field(4568, description="DeepSpeech's --random_seed.")
     checkpoint_dir: Path | None = Field(None, description="Default: WORKDIR/checkpoints.")
     checkpoint_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps.")
@@ -131,7 +131,7 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    test_batch_size: int = Field(1, ge=1)
+    test_batch_size: int = Field(1, ge=1, description="Clips per evaluation batch.")
     report_count: int = Field(5, ge=0, description="Best/worst samples shown in the log.")
 
 

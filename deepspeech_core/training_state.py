@@ -119,7 +119,14 @@ class CheckpointSaver:
             try:
                 self.ckpt.restore(path).assert_existing_objects_matched()
                 self._check_finite()
-            except (tf.errors.OpError, AssertionError, ValueError, FloatingPointError) as exc:
+            except (
+                tf.errors.OpError,
+                AssertionError,
+                ValueError,
+                FloatingPointError,
+                IndexError,
+                OSError,
+            ) as exc:  # each is how TensorFlow reports a truncated or corrupt file
                 log.warning(
                     "checkpoint %s is unusable (%s); trying the one before it",
                     path,

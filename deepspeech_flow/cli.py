@@ -7,16 +7,25 @@ runs did not leave behind.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, get_args, get_origin
 
 import typer
 
 from deepspeech_flow.settings import apply_defaults
 
 apply_defaults()
+
+from deepspeech_core.config import PipelineConfig  # noqa: E402 - after the env defaults
+from deepspeech_flow.config_loading import (  # noqa: E402
+    FLAG_ALIASES,
+    FLAG_FIELDS,
+    build_config,
+    split_files,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -26,6 +35,7 @@ app = typer.Typer(
 
 
 def _opt(*names: str, help: str):  # noqa: A002 - typer's keyword
+    """An option under each DeepSpeech spelling: --train_files and --train-files."""
     flags = []
     for name in names:
         flags.append(f"--{name}")
@@ -34,101 +44,79 @@ def _opt(*names: str, help: str):  # noqa: A002 - typer's keyword
     return typer.Option(*flags, help=help, show_default=False)
 
 
-Corpus = Annotated[Path | None, _opt("corpus", help="Common Voice locale dir (clips/ + tsv).")]
-Workdir = Annotated[Path | None, _opt("workdir", help="Work directory [./deepspeech-data].")]
+def _bool_opt(name: str, help: str):  # noqa: A002
+    dashed = name.replace("_", "-")
+    decls = [f"--{name}/--no_{name}"] + ([f"--{dashed}/--no-{dashed}"] if dashed != name else [])
+    return typer.Option(*decls, help=help, show_default=False)
+
+
+def _field_help(section: str | None, field: str) -> tuple[object, str]:
+    """The config field's type and its description with the default, for --help."""
+    model = PipelineConfig if section is None else PipelineConfig.model_fields[section].annotation
+    info = model.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    shown = "" if default in (None, [], "") else f" [{default}]"
+    return info.annotation, (info.description or "") + shown
+
+
+def _stage_parameters() -> list[inspect.Parameter]:
+    """One typed option per config flag (FLAG_FIELDS), plus --config."""
+    params = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[Path | None, _opt("config", help="YAML file filling the config.")],
+        )
+    ]
+    for flag, (section, field) in FLAG_FIELDS.items():
+        annotation, help_text = _field_help(section, field)
+        names = (flag, *FLAG_ALIASES.get(flag, ()))
+        if annotation is bool:
+            cli_type, option = bool | None, _bool_opt(flag, help_text)
+        elif annotation == list[Path]:  # DeepSpeech's comma-separated file lists
+            cli_type, option = str | None, _opt(*names, help=help_text + " Comma-separated.")
+        elif annotation == list[str]:
+            cli_type, option = list[str] | None, _opt(*names, help=help_text + " Repeatable.")
+        elif get_origin(annotation) is Literal:
+            choices = "|".join(get_args(annotation))
+            cli_type, option = str | None, _opt(*names, help=f"{choices}: {help_text}")
+        else:
+            base = next((a for a in get_args(annotation) if a is not type(None)), annotation)
+            cli_type, option = base | None, _opt(*names, help=help_text)
+        params.append(
+            inspect.Parameter(
+                flag,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[cli_type, option],
+            )
+        )
+    return params
+
+
+def _flag_values(options: dict) -> dict:
+    """Typer's values as config flags: file lists split, unused repeatables dropped."""
+    flags = {}
+    for name, value in options.items():
+        if value is not None and _field_help(*FLAG_FIELDS[name])[0] == list[Path]:
+            value = split_files(value)
+        elif value == []:  # a repeatable option that was not given
+            value = None
+        flags[name] = value
+    return flags
 
 
 def _stage_command(target: str, reuse_trained_model: bool):
-    def command(
-        corpus: Corpus = None,
-        train_files: Annotated[
-            str | None, _opt("train_files", help="Training CSV(s), comma-separated.")
-        ] = None,
-        dev_files: Annotated[
-            str | None, _opt("dev_files", help="Dev CSV(s), comma-separated.")
-        ] = None,
-        test_files: Annotated[
-            str | None, _opt("test_files", help="Test CSV(s), comma-separated.")
-        ] = None,
-        workdir: Workdir = None,
-        checkpoint_dir: Annotated[
-            Path | None, _opt("checkpoint_dir", help="[WORKDIR/checkpoints]")
-        ] = None,
-        export_dir: Annotated[Path | None, _opt("export_dir", help="[WORKDIR/export]")] = None,
-        config: Annotated[Path | None, _opt("config", help="YAML file filling the config.")] = None,
-        alphabet_config_path: Annotated[
-            Path | None, _opt("alphabet_config_path", help="alphabet.txt")
-        ] = None,
-        n_hidden: Annotated[int | None, _opt("n_hidden", help="Layer width [2048].")] = None,
-        epochs: Annotated[int | None, _opt("epochs", help="Epochs [75].")] = None,
-        train_batch_size: Annotated[int | None, _opt("train_batch_size", help="[1]")] = None,
-        dev_batch_size: Annotated[int | None, _opt("dev_batch_size", help="[1]")] = None,
-        test_batch_size: Annotated[int | None, _opt("test_batch_size", help="[1]")] = None,
-        learning_rate: Annotated[
-            float | None, _opt("learning_rate", help="Adam learning rate [0.001].")
-        ] = None,
-        dropout_rate: Annotated[float | None, _opt("dropout_rate", help="[0.05]")] = None,
-        seed: Annotated[int | None, _opt("seed", "random_seed", help="Random seed [4568].")] = None,
-        checkpoint_steps: Annotated[
-            int | None, _opt("checkpoint_steps", help="Checkpoint every N steps [500].")
-        ] = None,
-        checkpoint_secs: Annotated[
-            int | None, _opt("checkpoint_secs", help="...and every N seconds [600].")
-        ] = None,
-        max_duration: Annotated[
-            float | None, _opt("max_duration", help="Reject clips longer than this [10 s].")
-        ] = None,
-        task_runner: Annotated[
-            str | None, _opt("task_runner", help="Feature shards on: threads|processes|dask.")
-        ] = None,
-        dask_address: Annotated[
-            str | None, _opt("dask_address", help="Dask scheduler (tcp://host:8786).")
-        ] = None,
-        shard_size: Annotated[
-            int | None, _opt("shard_size", help="Clips per shard [2000].")
-        ] = None,
-        augment: Annotated[
-            list[str] | None,
-            _opt("augment", help="DeepSpeech augmentation, repeatable: 'time_mask[p=0.5,n=2]'."),
-        ] = None,
-        train_retries: Annotated[
-            int | None, _opt("train_retries", help="Retries of the train stage [3].")
-        ] = None,
-    ) -> None:
-        from deepspeech_flow.config_loading import build_config, split_files
-
-        flags = {
-            "corpus": corpus,
-            "train_files": split_files(train_files),
-            "dev_files": split_files(dev_files),
-            "test_files": split_files(test_files),
-            "workdir": workdir,
-            "checkpoint_dir": checkpoint_dir,
-            "export_dir": export_dir,
-            "alphabet_config_path": alphabet_config_path,
-            "n_hidden": n_hidden,
-            "epochs": epochs,
-            "train_batch_size": train_batch_size,
-            "dev_batch_size": dev_batch_size,
-            "test_batch_size": test_batch_size,
-            "learning_rate": learning_rate,
-            "dropout_rate": dropout_rate,
-            "seed": seed,
-            "checkpoint_steps": checkpoint_steps,
-            "checkpoint_secs": checkpoint_secs,
-            "max_duration": max_duration,
-            "train_retries": train_retries,
-            "augment": augment or None,
-            "task_runner": task_runner,
-            "dask_address": dask_address,
-            "shard_size": shard_size,
-        }
+    def command(**options) -> None:
+        config_file = options.pop("config")
         try:
-            cfg = build_config(config, flags)
+            cfg = build_config(config_file, _flag_values(options))
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
         _run_flow(cfg, target, reuse_trained_model)
 
+    command.__signature__ = inspect.Signature(_stage_parameters())
     return command
 
 

@@ -36,6 +36,18 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "checkpoint_secs": ("training", "checkpoint_secs"),
     "train_retries": ("training", "train_retries"),
     "augment": ("training", "augment"),
+    "load_train": ("training", "load_train"),
+    "early_stop": ("training", "early_stop"),
+    "es_epochs": ("training", "es_epochs"),
+    "es_min_delta": ("training", "es_min_delta"),
+    "reduce_lr_on_plateau": ("training", "reduce_lr_on_plateau"),
+    "plateau_epochs": ("training", "plateau_epochs"),
+    "plateau_reduction": ("training", "plateau_reduction"),
+    "max_bad_batches": ("training", "max_bad_batches"),
+    "deterministic": ("training", "deterministic"),
+    "require_gpu": ("training", "require_gpu"),
+    "gpu_memory_growth": ("training", "gpu_memory_growth"),
+    "force_initialize_learning_rate": ("training", "force_initialize_learning_rate"),
     "test_batch_size": ("evaluation", "test_batch_size"),
     "report_count": ("evaluation", "report_count"),
     "export_dir": ("export", "export_dir"),
@@ -44,6 +56,10 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "workers": ("execution", "workers"),
     "shard_size": ("execution", "shard_size"),
 }
+
+
+# Other spellings DeepSpeech users type.
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"seed": ("random_seed",)}
 
 
 def split_files(value: str | None) -> list[str] | None:

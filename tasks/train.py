@@ -63,6 +63,7 @@ def train_model_task(
             config.training,
             config.checkpoint_dir,
             on_progress=_ProgressReporter(),
+            tensorboard_dir=config.workdir / "tensorboard",
         )
         if manifest.resumed_from_step:
             log.info("this attempt resumed from step %d", manifest.resumed_from_step)

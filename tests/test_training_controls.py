@@ -1,0 +1,179 @@
+"""Training controls of issue 5: locks, corrupt checkpoints, load_train, plateau, devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepspeech_core.checkpoints import load_model
+from deepspeech_core.devices import DeviceError, preflight
+from deepspeech_core.locking import TrainingLockedError, training_lock
+from deepspeech_core.training import train
+from deepspeech_core.training_state import CheckpointStateError
+
+
+def test_a_second_training_is_refused_while_the_first_lives(tmp_path):
+    with training_lock(tmp_path):
+        holder = json.loads((tmp_path / "train.lock").read_text())
+        assert holder["pid"] == os.getpid()
+        with pytest.raises(TrainingLockedError, match=f"pid {os.getpid()}"):
+            with training_lock(tmp_path):
+                pass
+    assert not (tmp_path / "train.lock").exists()
+
+
+def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (tmp_path / "train.lock").write_text(
+        json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "started": 0})
+    )
+    with training_lock(tmp_path):
+        assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
+
+
+def test_train_holds_the_lock(trained):
+    cfg, _, features, _ = trained
+    with training_lock(cfg.checkpoint_dir):
+        with pytest.raises(TrainingLockedError):
+            train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(trained, tmp_path, caplog):
+    import shutil
+
+    cfg, _, features, result = trained
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(cfg.checkpoint_dir, ckpt)
+    newest = sorted((ckpt / "train").glob("ckpt-*.data-*"), key=lambda p: p.stat().st_mtime)[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    more = cfg.training.model_copy(update={"epochs": 3})
+    with caplog.at_level("WARNING"):
+        resumed = train(features, cfg.model, cfg.features, more, ckpt)
+    assert "unusable" in caplog.text
+    assert 0 < resumed.resumed_from_step < result.steps
+    assert resumed.epochs == 3
+
+
+def test_load_train_modes(trained, tmp_path):
+    cfg, _, features, result = trained
+    init = cfg.training.model_copy(update={"load_train": "init"})
+    with pytest.raises(CheckpointStateError, match="already holds checkpoints"):
+        train(features, cfg.model, cfg.features, init, cfg.checkpoint_dir)
+    best = cfg.training.model_copy(update={"load_train": "best"})
+    with pytest.raises(CheckpointStateError, match="no such checkpoint"):
+        train(features, cfg.model, cfg.features, best, tmp_path / "empty")
+    again = train(features, cfg.model, cfg.features, best, cfg.checkpoint_dir)
+    assert again.resumed_from_step == int(str(result.best_checkpoint).rsplit("-", 1)[1])
+
+
+def test_plateau_and_early_stop_state_survive_a_restart(trained, tmp_path):
+    cfg, _, features, _ = trained
+    # es_min_delta so large that no epoch counts as an improvement
+    rules = cfg.training.model_copy(
+        update={
+            "epochs": 6,
+            "reduce_lr_on_plateau": True,
+            "plateau_epochs": 2,
+            "plateau_reduction": 0.5,
+            "early_stop": True,
+            "es_epochs": 4,
+            "es_min_delta": 1e9,
+        }
+    )
+    first = rules.model_copy(update={"epochs": 3})
+    train(features, cfg.model, cfg.features, first, tmp_path / "ck")
+    result = train(features, cfg.model, cfg.features, rules, tmp_path / "ck")
+    # epoch 0 sets the baseline; epochs 1-4 do not improve on it: stop after epoch 4
+    assert result.epochs == 5, "early stop after 4 epochs without improvement, across restarts"
+    again = train(features, cfg.model, cfg.features, rules, tmp_path / "ck")
+    assert again.epochs == 5 and again.steps == result.steps, "a stopped run stays stopped"
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(str(result.last_checkpoint))
+    names = [n for n, _ in tf.train.list_variables(str(result.last_checkpoint))]
+    lr_name = next(n for n in names if "learning_rate" in n)
+    # plateau cuts after epochs 2 and 4: 0.001 * 0.5 * 0.5
+    assert reader.get_tensor(lr_name) == pytest.approx(cfg.training.learning_rate * 0.25)
+
+
+def test_tensorboard_summaries_are_written(trained):
+    cfg, _, _, _ = trained
+    events = list((cfg.workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and sum(p.stat().st_size for p in events) > 0
+
+
+def test_preflight_reports_and_require_gpu_fails_fast():
+    report = preflight(require_gpu=False)
+    assert report.cpus and "TensorFlow" in report.describe()
+    if not report.gpus:
+        with pytest.raises(DeviceError, match="no GPU"):
+            preflight(require_gpu=True)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
+from deepspeech_core.manifests import FeatureCacheManifest
+from deepspeech_core.training import train
+
+if __name__ == "__main__":
+    manifest = FeatureCacheManifest.model_validate_json(Path(sys.argv[1]).read_text())
+    cfg = TrainingConfig.model_validate_json(Path(sys.argv[2]).read_text())
+    kill_at = int(sys.argv[4])
+
+    def progress(p):
+        if p.step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(manifest, ModelConfig(n_hidden=32), FeatureConfig(), cfg, Path(sys.argv[3]),
+          on_progress=progress if kill_at else None)
+"""
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(trained, tmp_path):
+    """Deterministic ops + seed: killed-and-resumed == never interrupted, bit for bit."""
+    cfg, _, features, _ = trained
+    training = cfg.training.model_copy(update={"deterministic": True, "checkpoint_steps": 2})
+    (tmp_path / "features.json").write_text(features.model_dump_json())
+    (tmp_path / "training.json").write_text(training.model_dump_json())
+    script = tmp_path / "train.py"
+    script.write_text(KILL_SCRIPT)
+    kill_at = int(np.random.default_rng().integers(2, 8))  # anywhere in the 8 steps
+
+    def run(ckpt, kill):
+        return subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                str(tmp_path / "features.json"),
+                str(tmp_path / "training.json"),
+                str(ckpt),
+                str(kill),
+            ],
+            cwd=os.path.dirname(os.path.dirname(__file__)),
+            capture_output=True,
+            text=True,
+        )
+
+    killed = run(tmp_path / "killed", kill_at)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run(tmp_path / "killed", 0)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    clean = run(tmp_path / "clean", 0)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    a, _, _ = load_model(tmp_path / "killed", "last")
+    b, _, _ = load_model(tmp_path / "clean", "last")
+    for va, vb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(
+            va.numpy(), vb.numpy(), err_msg=f"{va.path} (kill at {kill_at})"
+        )
