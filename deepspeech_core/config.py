@@ -72,8 +72,17 @@ class ModelConfig(_Section):
 
     n_hidden: int = Field(2048, ge=1, description="Width of every hidden layer and the LSTM.")
     dropout_rate: float = Field(0.05, ge=0, lt=1, description="Dropout on layers 1-3 and 5.")
+    dropout_rate2: float = Field(-1.0, lt=1, description="Layer 2 dropout; <0: --dropout_rate.")
+    dropout_rate3: float = Field(-1.0, lt=1, description="Layer 3 dropout; <0: --dropout_rate.")
+    dropout_rate6: float = Field(-1.0, lt=1, description="Layer 5 dropout; <0: --dropout_rate.")
     relu_clip: float = Field(20.0, gt=0, description="ReLU activations are clipped here.")
     layer_norm: bool = Field(False, description="Layer normalisation after each dense layer.")
+
+    def dropout_for(self, layer: int) -> float:
+        """DeepSpeech's per-layer dropout: --dropout_rate{2,3,6} override when >= 0."""
+        override = {2: self.dropout_rate2, 3: self.dropout_rate3, 5: self.dropout_rate6}
+        value = override.get(layer, -1.0)
+        return self.dropout_rate if value < 0 else value
 
 
 class TrainingConfig(_Section):
@@ -113,6 +122,9 @@ class TrainingConfig(_Section):
         False, description="Deterministic TensorFlow ops: bit-identical resumes, a little slower."
     )
     require_gpu: bool = Field(False, description="Fail at once when no GPU is visible.")
+    automatic_mixed_precision: bool = Field(
+        False, description="float16 with loss scaling on a GPU, bfloat16 on a CPU."
+    )
     gpu_memory_growth: bool = Field(
         True, description="Allocate GPU memory as needed (the playbook's cuDNN-init fix)."
     )

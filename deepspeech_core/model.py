@@ -38,29 +38,39 @@ class ContextWindows(keras.layers.Layer):
         return {**super().get_config(), "n_context": self.n_context}
 
 
-def _dense_block(x, name: str, units: int, cfg: ModelConfig, dropout: bool = True):
-    """DeepSpeech's `dense()`: matmul+bias, clipped ReLU, optional layer norm, dropout."""
-    x = keras.layers.Dense(units, kernel_initializer="glorot_uniform", name=name)(x)
-    x = keras.layers.ReLU(max_value=cfg.relu_clip, name=f"{name}_relu")(x)
+def _dense_block(x, name: str, units: int, cfg: ModelConfig, dropout_rate: float, dtype=None):
+    """DeepSpeech's `dense()`: matmul+bias, clipped ReLU, optional layer norm, dropout.
+
+    The dropout layer exists even at rate 0, so checkpoints keep one layout.
+    """
+    x = keras.layers.Dense(units, kernel_initializer="glorot_uniform", name=name, dtype=dtype)(x)
+    x = keras.layers.ReLU(max_value=cfg.relu_clip, name=f"{name}_relu", dtype=dtype)(x)
     if cfg.layer_norm:
-        x = keras.layers.LayerNormalization(name=f"{name}_norm")(x)
-    if dropout and cfg.dropout_rate > 0:
-        x = keras.layers.Dropout(cfg.dropout_rate, name=f"{name}_dropout")(x)
-    return x
+        x = keras.layers.LayerNormalization(name=f"{name}_norm", dtype=dtype)(x)
+    return keras.layers.Dropout(dropout_rate, name=f"{name}_dropout", dtype=dtype)(x)
 
 
-def create_model(model: ModelConfig, features: FeatureConfig, n_classes: int) -> keras.Model:
-    """Build the acoustic model; `n_classes` is the alphabet size plus one (blank)."""
+def create_model(
+    model: ModelConfig, features: FeatureConfig, n_classes: int, dtype_policy: str | None = None
+) -> keras.Model:
+    """Build the acoustic model; `n_classes` is the alphabet size plus one (blank).
+
+    `dtype_policy` ("mixed_bfloat16", "mixed_float16") computes in half precision with
+    float32 variables, so checkpoints load into either; the logits stay float32 for CTC.
+    """
+    dt = dtype_policy
     inputs = keras.Input(shape=(None, features.n_input), name="features")
-    x = ContextWindows(features.n_context, name="context_windows")(inputs)
-    x = _dense_block(x, "layer_1", model.n_hidden, model)
-    x = _dense_block(x, "layer_2", model.n_hidden, model)
-    x = _dense_block(x, "layer_3", model.n_hidden, model)
+    x = ContextWindows(features.n_context, name="context_windows", dtype=dt)(inputs)
+    x = _dense_block(x, "layer_1", model.n_hidden, model, model.dropout_for(1), dt)
+    x = _dense_block(x, "layer_2", model.n_hidden, model, model.dropout_for(2), dt)
+    x = _dense_block(x, "layer_3", model.n_hidden, model, model.dropout_for(3), dt)
     x = keras.layers.LSTM(
-        model.n_hidden, return_sequences=True, unit_forget_bias=False, name="lstm"
+        model.n_hidden, return_sequences=True, unit_forget_bias=False, name="lstm", dtype=dt
     )(x)
-    x = _dense_block(x, "layer_5", model.n_hidden, model)
-    logits = keras.layers.Dense(n_classes, kernel_initializer="glorot_uniform", name="layer_6")(x)
+    x = _dense_block(x, "layer_5", model.n_hidden, model, model.dropout_for(5), dt)
+    logits = keras.layers.Dense(
+        n_classes, kernel_initializer="glorot_uniform", name="layer_6", dtype="float32"
+    )(x)
     return keras.Model(inputs, logits, name="deepspeech")
 
 

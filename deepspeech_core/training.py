@@ -58,10 +58,21 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-def make_optimizer(cfg: TrainingConfig) -> keras.optimizers.Optimizer:
-    return keras.optimizers.Adam(
+def make_optimizer(cfg: TrainingConfig, loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+    adam = keras.optimizers.Adam(
         learning_rate=cfg.learning_rate, beta_1=cfg.beta1, beta_2=cfg.beta2, epsilon=cfg.epsilon
     )
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+    return keras.optimizers.LossScaleOptimizer(adam) if loss_scaling else adam
+
+
+def mixed_precision_policy(enabled: bool, devices) -> str | None:
+    """--automatic_mixed_precision: float16 on a GPU (tensor cores), bfloat16 on a CPU."""
+    if not enabled:
+        return None
+    policy = "mixed_float16" if devices.gpus else "mixed_bfloat16"
+    log.info("automatic mixed precision: %s", policy)
+    return policy
 
 
 def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_input: int):
@@ -81,7 +92,8 @@ def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n
                     batch.labels, batch.label_lengths, logits, batch.feature_lengths
                 )
             )
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss)  # identity unless loss scaling is on
+        grads = tape.gradient(scaled, model.trainable_variables)
         finite = tf.math.is_finite(loss)
         for g in grads:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
@@ -173,9 +185,10 @@ def _train_locked(
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
-    model = spec.build()
+    policy = mixed_precision_policy(cfg.automatic_mixed_precision, devices)
+    model = spec.build(policy)
     warn_if_model_on_cpu(devices, model.weights)
-    optimizer = make_optimizer(cfg)
+    optimizer = make_optimizer(cfg, loss_scaling=policy == "mixed_float16")
     optimizer.build(model.trainable_variables)
     state = TrainState()
     ckpt = tracked_state(model, optimizer, **state.as_dict())

@@ -35,3 +35,13 @@ def test_outputs_per_frame_and_clipped_relu():
     activations = layer_1(x).numpy()
     assert activations.min() >= 0 and activations.max() <= 20.0
     assert (activations == 20.0).any()
+
+
+def test_per_layer_dropout_overrides():
+    cfg = ModelConfig(n_hidden=8, dropout_rate=0.1, dropout_rate3=0.3, dropout_rate6=0.0)
+    model = create_model(cfg, FeatureConfig(), n_classes=5)
+    rates = {
+        n: model.get_layer(f"{n}_dropout").rate
+        for n in ("layer_1", "layer_2", "layer_3", "layer_5")
+    }
+    assert rates == {"layer_1": 0.1, "layer_2": 0.1, "layer_3": 0.3, "layer_5": 0.0}

@@ -177,3 +177,40 @@ def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(trained, t
         np.testing.assert_array_equal(
             va.numpy(), vb.numpy(), err_msg=f"{va.path} (kill at {kill_at})"
         )
+
+
+def test_mixed_precision_converges_like_fp32(trained, tmp_path):
+    cfg, _, features, fp32 = trained
+    amp = cfg.training.model_copy(update={"automatic_mixed_precision": True})
+    result = train(features, cfg.model, cfg.features, amp, tmp_path / "amp")
+    model, _, _ = load_model(tmp_path / "amp", "last")
+    assert all(v.dtype == "float32" for v in model.weights), "variables stay float32"
+    assert result.train_loss_history[-1] == pytest.approx(fp32.train_loss_history[-1], rel=0.1)
+    assert result.dev_loss_history[-1] == pytest.approx(fp32.dev_loss_history[-1], rel=0.1)
+
+
+def test_loss_scaled_step_matches_plain_adam():
+    """The float16 path's LossScaleOptimizer: grads of the scaled loss, unscaled again."""
+    import tensorflow as tf
+
+    from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
+    from deepspeech_core.dataset import Batch
+    from deepspeech_core.model import create_model
+    from deepspeech_core.training import make_optimizer, make_train_step
+
+    rng = np.random.default_rng(0)
+    batch = Batch(
+        tf.constant(rng.normal(size=(2, 40, 26)), tf.float32),
+        tf.constant([40, 30], tf.int32),
+        tf.constant([[1, 2, 3], [2, 2, 0]], tf.int32),
+        tf.constant([3, 2], tf.int32),
+    )
+    results = []
+    for scaling in (False, True):
+        tf.keras.utils.set_random_seed(1)
+        model = create_model(ModelConfig(n_hidden=16, dropout_rate=0), FeatureConfig(), 5)
+        opt = make_optimizer(TrainingConfig(), loss_scaling=scaling)
+        opt.build(model.trainable_variables)
+        step = make_train_step(model, opt, 26)
+        results.append([float(step(batch)[0]) for _ in range(5)])
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
