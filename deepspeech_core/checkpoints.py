@@ -129,3 +129,38 @@ def load_model(checkpoint_dir: Path, which: str = "best") -> tuple[keras.Model, 
     model = spec.build()
     tracked_state(model, None).read(str(prefix)).expect_partial()
     return model, spec, prefix
+
+
+# DeepSpeech's layer order; --drop_source_layers N re-initialises the last N of these.
+LAYER_ORDER = ("layer_1", "layer_2", "layer_3", "lstm", "layer_5", "layer_6")
+
+
+def transfer_weights(
+    target: keras.Model, target_spec: ModelSpec, source_dir: Path, drop_source_layers: int
+) -> list[str]:
+    """Copy a trained model's layers into `target`, except the last `drop_source_layers`.
+
+    A different alphabet changes the output layer, so it must be dropped (at least 1).
+    Returns the names of the layers copied.
+    """
+    source, source_spec, prefix = load_model(source_dir, "best")
+    a, b = source_spec.architecture(), target_spec.architecture()
+    mismatch = {k: (a[k], b[k]) for k in a if k != "alphabet" and a[k] != b[k]}
+    if mismatch:
+        raise CheckpointError(
+            f"--load_checkpoint_dir {source_dir} has a different architecture {mismatch}; "
+            "transfer learning needs the same n_hidden, n_context and layer_norm"
+        )
+    if a["alphabet"] != b["alphabet"] and drop_source_layers < 1:
+        raise CheckpointError(
+            "the source model writes a different alphabet: use --drop_source_layers 1 (or "
+            "more) so the output layer is re-initialised for the new alphabet"
+        )
+    keep = LAYER_ORDER[: len(LAYER_ORDER) - drop_source_layers]
+    for name in keep:
+        target.get_layer(name).set_weights(source.get_layer(name).get_weights())
+    norms = [layer.name for layer in target.layers if layer.name.endswith("_norm")]
+    for name in norms:
+        if name.split("_norm")[0] in keep:
+            target.get_layer(name).set_weights(source.get_layer(name).get_weights())
+    return list(keep)

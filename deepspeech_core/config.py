@@ -106,6 +106,12 @@ class TrainingConfig(_Section):
         description="auto: newest checkpoint (resume), else start; best/last: that one; "
         "init: start fresh (refused if the directory already holds checkpoints).",
     )
+    load_checkpoint_dir: Path | None = Field(
+        None, description="Transfer learning: start a new training from this model's weights."
+    )
+    drop_source_layers: int = Field(
+        0, ge=0, le=6, description="Re-initialise the last N source layers (1 = the output)."
+    )
     force_initialize_learning_rate: bool = Field(
         False, description="On resume, use --learning_rate instead of the checkpoint's."
     )

@@ -26,6 +26,7 @@ from deepspeech_core.checkpoints import (
     check_compatible,
     read_spec,
     tracked_state,
+    transfer_weights,
     write_spec,
 )
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
@@ -204,6 +205,14 @@ def _train_locked(
             resumed_from,
             state.int("completed_epochs"),
             float(optimizer.learning_rate.numpy()),
+        )
+    elif cfg.load_checkpoint_dir is not None:
+        copied = transfer_weights(model, spec, cfg.load_checkpoint_dir, cfg.drop_source_layers)
+        log.info(
+            "transfer learning from %s: copied %s, re-initialised the last %d layer(s)",
+            cfg.load_checkpoint_dir,
+            ", ".join(copied),
+            cfg.drop_source_layers,
         )
     if not restored or cfg.force_initialize_learning_rate:
         optimizer.learning_rate.assign(cfg.learning_rate)

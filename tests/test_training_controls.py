@@ -214,3 +214,29 @@ def test_loss_scaled_step_matches_plain_adam():
         step = make_train_step(model, opt, 26)
         results.append([float(step(batch)[0]) for _ in range(5)])
     np.testing.assert_allclose(results[0], results[1], rtol=1e-4)
+
+
+def test_transfer_learning_to_a_new_alphabet(trained, tmp_path):
+    from deepspeech_core.alphabet import Alphabet
+    from deepspeech_core.checkpoints import CheckpointError
+
+    cfg, _, features, _ = trained
+    source = Alphabet.load(features.alphabet_path)
+    bigger = Alphabet([*source.characters, "0", "1"])  # a new language's extra letters
+    bigger.save(tmp_path / "alphabet.txt")
+    new_features = features.model_copy(update={"alphabet_path": tmp_path / "alphabet.txt"})
+    no_drop = cfg.training.model_copy(
+        update={"epochs": 0, "load_checkpoint_dir": cfg.checkpoint_dir, "drop_source_layers": 0}
+    )
+    with pytest.raises(CheckpointError, match="drop_source_layers"):
+        train(new_features, cfg.model, cfg.features, no_drop, tmp_path / "refused")
+    drop_one = no_drop.model_copy(update={"drop_source_layers": 1})
+    train(new_features, cfg.model, cfg.features, drop_one, tmp_path / "transfer")
+    target, spec, _ = load_model(tmp_path / "transfer", "last")
+    src, _, _ = load_model(cfg.checkpoint_dir, "best")
+    assert spec.alphabet == bigger and target.output_shape[-1] == len(bigger) + 1
+    for name in ("layer_1", "layer_2", "layer_3", "lstm", "layer_5"):
+        for a, b in zip(
+            target.get_layer(name).get_weights(), src.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
