@@ -11,7 +11,9 @@ def test_full_size_parameter_count():
 
 
 def test_layout_matches_deepspeech():
-    model = create_model(ModelConfig(n_hidden=16, relu_clip=20.0), FeatureConfig(), n_classes=29)
+    model = create_model(
+        ModelConfig(n_hidden=16, relu_clip=20.0), FeatureConfig(), n_classes=29, lstm_impl="keras"
+    )
     assert model.get_layer("layer_1").kernel.shape == (494, 16)
     lstm = model.get_layer("lstm")
     # cuDNN-eligible settings, so a GPU takes the fused kernel; forget bias starts at 0.
@@ -45,3 +47,41 @@ def test_per_layer_dropout_overrides():
         for n in ("layer_1", "layer_2", "layer_3", "layer_5")
     }
     assert rates == {"layer_1": 0.1, "layer_2": 0.1, "layer_3": 0.3, "layer_5": 0.0}
+
+
+def test_cpu_lstm_matches_keras_lstm_and_shares_checkpoints():
+    """ProjectedLSTM (CPU) and keras.layers.LSTM (cuDNN on GPU): same maths, same weights."""
+    cfg = ModelConfig(n_hidden=16, dropout_rate=0)
+    cudnn_path = create_model(cfg, FeatureConfig(), 5, lstm_impl="keras")
+    cpu_path = create_model(cfg, FeatureConfig(), 5, lstm_impl="projected")
+    assert [v.path for v in cudnn_path.weights] == [v.path for v in cpu_path.weights]
+    cpu_path.set_weights(cudnn_path.get_weights())
+    x = np.random.default_rng(0).normal(size=(3, 20, 26)).astype("float32")
+    np.testing.assert_allclose(cpu_path(x).numpy(), cudnn_path(x).numpy(), atol=1e-5)
+    grads = []
+    for model in (cudnn_path, cpu_path):
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x) ** 2)
+        grads.append(tape.gradient(loss, model.trainable_variables))
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_visible_gpu_selects_the_cudnn_lstm(monkeypatch):
+    import tensorflow as tf
+
+    from deepspeech_core import model as model_module
+
+    fake_gpu = tf.config.LogicalDevice("/device:GPU:0", "GPU")
+    monkeypatch.setattr(
+        model_module.tf.config,
+        "list_logical_devices",
+        lambda kind=None: [fake_gpu] if kind == "GPU" else [],
+    )
+    model = create_model(ModelConfig(n_hidden=8), FeatureConfig(), n_classes=5)
+    assert isinstance(model.get_layer("lstm"), keras.layers.LSTM)
+    monkeypatch.undo()
+    cpu = create_model(ModelConfig(n_hidden=8), FeatureConfig(), n_classes=5)
+    assert type(cpu.get_layer("lstm")).__name__ == "ProjectedLSTM"
