@@ -128,6 +128,9 @@ class TrainingConfig(_Section):
         False, description="Deterministic TensorFlow ops: bit-identical resumes, a little slower."
     )
     require_gpu: bool = Field(False, description="Fail at once when no GPU is visible.")
+    distribute: Literal["auto", "none", "mirrored"] = Field(
+        "auto", description="auto: MirroredStrategy over several GPUs; mirrored: always."
+    )
     automatic_mixed_precision: bool = Field(
         False, description="float16 with loss scaling on a GPU, bfloat16 on a CPU."
     )

@@ -67,6 +67,21 @@ def make_optimizer(cfg: TrainingConfig, loss_scaling: bool = False) -> keras.opt
     return keras.optimizers.LossScaleOptimizer(adam) if loss_scaling else adam
 
 
+def make_strategy(distribute: str, devices) -> tf.distribute.Strategy:
+    """tf.distribute for several devices: all GPUs, or (no GPU) all logical CPU devices.
+
+    `auto` mirrors over GPUs when there is more than one; `mirrored` always mirrors;
+    `none` keeps TensorFlow's default single-device strategy.
+    """
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if distribute == "none" or (distribute == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    strategy = tf.distribute.MirroredStrategy(gpus or cpus)
+    log.info("training on %d replicas: %s", strategy.num_replicas_in_sync, ", ".join(gpus or cpus))
+    return strategy
+
+
 def mixed_precision_policy(enabled: bool, devices) -> str | None:
     """--automatic_mixed_precision: float16 on a GPU (tensor cores), bfloat16 on a CPU."""
     if not enabled:
@@ -76,25 +91,45 @@ def mixed_precision_policy(enabled: bool, devices) -> str | None:
     return policy
 
 
-def make_train_step(model: keras.Model, optimizer: keras.optimizers.Optimizer, n_input: int):
+def make_train_step(
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    n_input: int,
+    strategy: tf.distribute.Strategy | None = None,
+):
     """One compiled optimisation step, traced once (dynamic shapes).
 
+    Each replica (one per device under tf.distribute; one in all without it) takes
+    every n-th clip of the batch and sums its clips' losses over the global batch size,
+    so the summed gradients are those of the batch mean, whatever the device count.
     Returns (loss, applied): a batch whose loss or gradients are not finite leaves the
     weights and optimizer untouched (applied=False), so a bad clip can never poison the
     model or a checkpoint.
     """
+    strategy = strategy or tf.distribute.get_strategy()
+    SUM = tf.distribute.ReduceOp.SUM
+
+    def replica_step(batch: Batch):
+        ctx = tf.distribute.get_replica_context()
+        rows = tf.range(
+            ctx.replica_id_in_sync_group, tf.shape(batch.features)[0], ctx.num_replicas_in_sync
+        )
+        part = Batch(*(tf.gather(t, rows) for t in batch))
+        global_size = tf.cast(tf.shape(batch.features)[0], tf.float32)
+        with tf.GradientTape() as tape:
+            logits = model(part.features, training=True)
+            per_clip = ctc_loss_per_sample(
+                part.labels, part.label_lengths, logits, part.feature_lengths
+            )
+            loss = tf.reduce_sum(per_clip) / global_size
+            scaled = optimizer.scale_loss(loss)  # identity unless loss scaling is on
+        return loss, tape.gradient(scaled, model.trainable_variables)
 
     @tf.function(input_signature=[batch_signature(n_input)])
     def train_step(batch: Batch) -> tuple[tf.Tensor, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            logits = model(batch.features, training=True)
-            loss = tf.reduce_mean(
-                ctc_loss_per_sample(
-                    batch.labels, batch.label_lengths, logits, batch.feature_lengths
-                )
-            )
-            scaled = optimizer.scale_loss(loss)  # identity unless loss scaling is on
-        grads = tape.gradient(scaled, model.trainable_variables)
+        losses, grads = strategy.run(replica_step, args=(batch,))
+        loss = strategy.reduce(SUM, losses, axis=None)
+        grads = [strategy.reduce(SUM, g, axis=None) for g in grads]
         finite = tf.math.is_finite(loss)
         for g in grads:
             finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
@@ -187,11 +222,13 @@ def _train_locked(
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     policy = mixed_precision_policy(cfg.automatic_mixed_precision, devices)
-    model = spec.build(policy)
+    strategy = make_strategy(cfg.distribute, devices)
+    with strategy.scope():  # variables created here are mirrored on every replica
+        model = spec.build(policy)
+        optimizer = make_optimizer(cfg, loss_scaling=policy == "mixed_float16")
+        optimizer.build(model.trainable_variables)
+        state = TrainState()
     warn_if_model_on_cpu(devices, model.weights)
-    optimizer = make_optimizer(cfg, loss_scaling=policy == "mixed_float16")
-    optimizer.build(model.trainable_variables)
-    state = TrainState()
     ckpt = tracked_state(model, optimizer, **state.as_dict())
     saver = CheckpointSaver(ckpt, checkpoint_dir, cfg, model.weights)
 
@@ -220,7 +257,7 @@ def _train_locked(
     history = _load_history(checkpoint_dir / "history.json", state.int("completed_epochs"))
 
     loop = _Loop(
-        train_step=make_train_step(model, optimizer, feature_cfg.n_input),
+        train_step=make_train_step(model, optimizer, feature_cfg.n_input, strategy),
         eval_step=make_eval_step(model, feature_cfg.n_input),
         optimizer=optimizer,
         state=state,
@@ -346,7 +383,9 @@ class _Loop:
             if step % 10 == 0:
                 with self.writer.as_default(step=step):
                     tf.summary.scalar("train/loss", loss)
-                    tf.summary.scalar("train/learning_rate", float(self.optimizer.learning_rate))
+                    tf.summary.scalar(
+                        "train/learning_rate", float(self.optimizer.learning_rate.numpy())
+                    )
                     tf.summary.scalar("train/step_seconds", time.monotonic() - step_started)
                     tf.summary.scalar("train/audio_seconds_per_second", speed)
             if self.on_progress is not None:

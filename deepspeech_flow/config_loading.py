@@ -51,6 +51,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "load_checkpoint_dir": ("training", "load_checkpoint_dir"),
     "drop_source_layers": ("training", "drop_source_layers"),
     "automatic_mixed_precision": ("training", "automatic_mixed_precision"),
+    "distribute": ("training", "distribute"),
     "dropout_rate2": ("model", "dropout_rate2"),
     "dropout_rate3": ("model", "dropout_rate3"),
     "dropout_rate6": ("model", "dropout_rate6"),

@@ -240,3 +240,51 @@ def test_transfer_learning_to_a_new_alphabet(trained, tmp_path):
             target.get_layer(name).get_weights(), src.get_layer(name).get_weights(), strict=True
         ):
             np.testing.assert_array_equal(a, b)
+
+
+MIRRORED_SCRIPT = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from pathlib import Path
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
+from deepspeech_core.manifests import FeatureCacheManifest
+from deepspeech_core.training import train
+
+if __name__ == "__main__":
+    manifest = FeatureCacheManifest.model_validate_json(Path(sys.argv[1]).read_text())
+    cfg = TrainingConfig.model_validate_json(Path(sys.argv[2]).read_text())
+    out = {}
+    for mode in ("none", "mirrored"):
+        result = train(manifest, ModelConfig(n_hidden=32, dropout_rate=0), FeatureConfig(),
+                       cfg.model_copy(update={"distribute": mode}), Path(sys.argv[3]) / mode)
+        out[mode] = {"train": result.train_loss_history, "dev": result.dev_loss_history}
+    print("RESULT " + json.dumps(out))
+"""
+
+
+def test_mirrored_strategy_on_two_logical_devices_matches_one_device(trained, tmp_path):
+    cfg, _, features, _ = trained
+    (tmp_path / "features.json").write_text(features.model_dump_json())
+    (tmp_path / "training.json").write_text(cfg.training.model_dump_json())
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "features.json"),
+            str(tmp_path / "training.json"),
+            str(tmp_path),
+        ],
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "training on 2 replicas" in run.stderr
+    out = json.loads(run.stdout.split("RESULT ", 1)[1])
+    np.testing.assert_allclose(out["mirrored"]["train"], out["none"]["train"], rtol=1e-3)
+    np.testing.assert_allclose(out["mirrored"]["dev"], out["none"]["dev"], rtol=1e-3)
