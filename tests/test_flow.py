@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # imported (and Prefect logging set up) outside CliRunner
+from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -66,24 +67,9 @@ def test_every_output_exists_and_is_well_formed(full_run):
 
 
 def test_rerun_reuses_every_stage(full_run, tiny_cv):
-    from deepspeech_core.config import PipelineConfig
 
     workdir, _ = full_run
-    cfg = PipelineConfig.model_validate(
-        {
-            "workdir": str(workdir),
-            "corpus": {"corpus": str(tiny_cv)},
-            "model": {"n_hidden": 32},
-            "training": {
-                "epochs": 2,
-                "train_batch_size": 8,
-                "dev_batch_size": 8,
-                "seed": 7,
-                "checkpoint_steps": 3,
-            },
-            "evaluation": {"test_batch_size": 8},
-        }
-    )
+    cfg = tiny_config(workdir, tiny_cv)
     result = train_cv(config=cfg)
     assert result.corpus.reused
     assert result.features.computed == 0
@@ -147,7 +133,6 @@ def test_evaluate_without_a_model_says_what_to_do(tmp_path, full_run):
 def test_prefect_retry_of_train_resumes_from_the_checkpoint(tiny_cv, tmp_path, monkeypatch):
     """A crash mid-training is retried by Prefect and continues, not restarts."""
     import tasks.train as train_task_module
-    from deepspeech_core.config import PipelineConfig
 
     real_train = train_task_module.train
     attempts: list[int] = []
@@ -165,22 +150,7 @@ def test_prefect_retry_of_train_resumes_from_the_checkpoint(tiny_cv, tmp_path, m
         return real_train(*args, on_progress=progress, **kwargs)
 
     monkeypatch.setattr(train_task_module, "train", crash_once_at_step_5)
-    cfg = PipelineConfig.model_validate(
-        {
-            "workdir": str(tmp_path / "w"),
-            "corpus": {"corpus": str(tiny_cv)},
-            "model": {"n_hidden": 32},
-            "training": {
-                "epochs": 2,
-                "train_batch_size": 8,
-                "dev_batch_size": 8,
-                "seed": 7,
-                "checkpoint_steps": 3,
-                "train_retries": 1,
-            },
-            "evaluation": {"test_batch_size": 8},
-        }
-    )
+    cfg = tiny_config(tmp_path / "w", tiny_cv, train_retries=1)
     result = train_cv(config=cfg, target="train")
     assert len(attempts) == 2
     # epoch 0 ended at step 4 with a checkpoint; the retry continued from there.
