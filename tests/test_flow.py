@@ -218,3 +218,64 @@ def test_feature_shards_run_on_a_dask_cluster(tiny_cv, tmp_path):
         )
     names = {r.name for r in runs}
     assert {f"featurise-shard-{p.name.split('.')[0]}" for p in shards} <= names
+
+
+def test_killed_run_resumes_when_the_flow_is_run_again(tiny_cv, tmp_path):
+    """SIGKILL the CLI mid-training; the same command again continues from the checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_URL
+
+    workdir = tmp_path / "killed-run"
+    args = [
+        "train",
+        "--corpus",
+        str(tiny_cv),
+        "--workdir",
+        str(workdir),
+        "--n_hidden",
+        "32",
+        "--epochs",
+        "40",
+        "--train_batch_size",
+        "4",
+        "--dev_batch_size",
+        "8",
+        "--checkpoint_steps",
+        "5",
+        "--seed",
+        "7",
+    ]
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    cli = [sys.executable, "-m", "deepspeech_flow.cli", *args]
+    proc = subprocess.Popen(
+        cli,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    state = workdir / "checkpoints" / "train" / "checkpoint"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.is_file() and "ckpt-" in state.read_text():
+            step = int(state.read_text().split('"')[1].rsplit("-", 1)[1])
+            if step >= 10:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    cfg = tiny_config(workdir, tiny_cv, epochs=40, train_batch_size=4, checkpoint_steps=5)
+    cfg = cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"import_workers": 0})})
+    result = train_cv(config=cfg, target="train")
+    assert result.corpus.reused and result.features.computed == 0
+    assert result.training.resumed_from_step >= 10
+    assert result.training.steps == 40 * 8 and result.training.epochs == 40
