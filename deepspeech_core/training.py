@@ -96,6 +96,7 @@ def make_train_step(
     optimizer: keras.optimizers.Optimizer,
     n_input: int,
     strategy: tf.distribute.Strategy | None = None,
+    state: TrainState | None = None,
 ):
     """One compiled optimisation step, traced once (dynamic shapes).
 
@@ -104,7 +105,9 @@ def make_train_step(
     so the summed gradients are those of the batch mean, whatever the device count.
     Returns (loss, applied): a batch whose loss or gradients are not finite leaves the
     weights and optimizer untouched (applied=False), so a bad clip can never poison the
-    model or a checkpoint.
+    model or a checkpoint. With `state`, the step counter and the epoch's loss sum are
+    updated inside the graph too: per-step Python round trips are what bound small
+    models (batch size 1 especially).
     """
     strategy = strategy or tf.distribute.get_strategy()
     SUM = tf.distribute.ReduceOp.SUM
@@ -139,6 +142,10 @@ def make_train_step(
             return tf.constant(True)
 
         applied = tf.cond(finite, apply, lambda: tf.constant(False))
+        if state is not None:
+            state.step.assign_add(1)
+            state.epoch_loss_sum.assign_add(tf.where(applied, tf.cast(loss, tf.float64), 0.0))
+            state.epoch_good_steps.assign_add(tf.cast(applied, tf.int64))
         return loss, applied
 
     return train_step
@@ -257,7 +264,7 @@ def _train_locked(
     history = _load_history(checkpoint_dir / "history.json", state.int("completed_epochs"))
 
     loop = _Loop(
-        train_step=make_train_step(model, optimizer, feature_cfg.n_input, strategy),
+        train_step=make_train_step(model, optimizer, feature_cfg.n_input, strategy, state),
         eval_step=make_eval_step(model, feature_cfg.n_input),
         optimizer=optimizer,
         state=state,
@@ -354,16 +361,12 @@ class _Loop:
         dataset = make_dataset(index, remaining, self.feature_cfg.n_input, augment, start)
         total_steps = self.cfg.epochs * self.steps_per_epoch
         audio_seconds, t0, last_log = 0.0, time.monotonic(), time.monotonic()
+        step = state.int("step")
         for ids, batch in zip(remaining, dataset, strict=True):
             step_started = time.monotonic()
-            loss_t, applied = self.train_step(batch)
-            loss = float(loss_t.numpy())
-            state.step.assign_add(1)
-            step = state.int("step")
-            if bool(applied.numpy()):
-                state.epoch_loss_sum.assign_add(loss)
-                state.epoch_good_steps.assign_add(1)
-            else:
+            loss_t, applied = self.train_step(batch)  # also advances state.step
+            loss, step = float(loss_t.numpy()), step + 1
+            if not bool(applied.numpy()):
                 self._bad_batch(loss, ids)
             audio_seconds += float(index.durations[ids].sum())
             speed = audio_seconds / max(time.monotonic() - t0, 1e-9)
