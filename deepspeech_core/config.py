@@ -128,8 +128,10 @@ class TrainingConfig(_Section):
         False, description="Deterministic TensorFlow ops: bit-identical resumes, a little slower."
     )
     require_gpu: bool = Field(False, description="Fail at once when no GPU is visible.")
-    distribute: Literal["auto", "none", "mirrored"] = Field(
-        "auto", description="auto: MirroredStrategy over several GPUs; mirrored: always."
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
+        "auto",
+        description="auto: MirroredStrategy over several GPUs; mirrored: always; "
+        "multi_worker: MultiWorkerMirroredStrategy across hosts (TF_CONFIG).",
     )
     automatic_mixed_precision: bool = Field(
         False, description="float16 with loss scaling on a GPU, bfloat16 on a CPU."

@@ -185,20 +185,43 @@ def train(
     on_progress: ProgressCallback | None = None,
     tensorboard_dir: Path | None = None,
 ) -> TrainedModelManifest:
-    """Train (or continue training) until `cfg.epochs` epochs are complete."""
+    """Train (or continue training) until `cfg.epochs` epochs are complete.
+
+    With `distribute="multi_worker"`, every host runs this with its TF_CONFIG: all
+    resume from CHECKPOINT_DIR (a shared filesystem); the chief writes there, the
+    others into CHECKPOINT_DIR/.worker-N, as tf.distribute requires every worker to save.
+    """
     checkpoint_dir = Path(checkpoint_dir)
+    # MultiWorkerMirroredStrategy must exist before TensorFlow initialises its devices.
+    early = (
+        tf.distribute.MultiWorkerMirroredStrategy() if cfg.distribute == "multi_worker" else None
+    )
     devices = preflight(cfg.require_gpu, cfg.gpu_memory_growth)
-    with training_lock(checkpoint_dir):
+    strategy = early or make_strategy(cfg.distribute, devices)
+    write_dir = _write_dir(strategy, checkpoint_dir)
+    tensorboard_dir = tensorboard_dir or checkpoint_dir.parent / "tensorboard"
+    if write_dir != checkpoint_dir:
+        tensorboard_dir = write_dir / "tensorboard"
+    with training_lock(write_dir):
         return _train_locked(
             feature_manifest,
             model_cfg,
             feature_cfg,
             cfg,
-            checkpoint_dir,
+            (checkpoint_dir, write_dir),
             on_progress,
-            tensorboard_dir or checkpoint_dir.parent / "tensorboard",
-            devices,
+            tensorboard_dir,
+            (devices, strategy),
         )
+
+
+def _write_dir(strategy: tf.distribute.Strategy, checkpoint_dir: Path) -> Path:
+    """Where this process writes checkpoints: the chief (or a lone process) the real dir."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    task_id = getattr(resolver, "task_id", 0) or 0
+    chief = task_type in (None, "chief") or (task_type == "worker" and task_id == 0)
+    return checkpoint_dir if chief else checkpoint_dir / f".worker-{task_id}"
 
 
 def _train_locked(
@@ -206,12 +229,14 @@ def _train_locked(
     model_cfg,
     feature_cfg,
     cfg,
-    checkpoint_dir,
+    dirs,
     on_progress,
     tensorboard_dir,
-    devices,
+    placement,
 ) -> TrainedModelManifest:
     started = time.monotonic()
+    checkpoint_dir, write_dir = dirs
+    devices, strategy = placement
     alphabet = Alphabet.load(feature_manifest.alphabet_path)
     spec = ModelSpec(alphabet, feature_cfg, model_cfg)
     existing = read_spec(checkpoint_dir)
@@ -229,7 +254,6 @@ def _train_locked(
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.seed)
     policy = mixed_precision_policy(cfg.automatic_mixed_precision, devices)
-    strategy = make_strategy(cfg.distribute, devices)
     with strategy.scope():  # variables created here are mirrored on every replica
         model = spec.build(policy)
         optimizer = make_optimizer(cfg, loss_scaling=policy == "mixed_float16")
@@ -237,7 +261,14 @@ def _train_locked(
         state = TrainState()
     warn_if_model_on_cpu(devices, model.weights)
     ckpt = tracked_state(model, optimizer, **state.as_dict())
-    saver = CheckpointSaver(ckpt, checkpoint_dir, cfg, model.weights)
+    saver = CheckpointSaver(
+        ckpt,
+        write_dir,
+        cfg,
+        model.weights,
+        read_dir=checkpoint_dir,
+        time_based=cfg.distribute != "multi_worker",  # workers must save at the same steps
+    )
 
     # Resume: the checkpoint holds everything needed to continue at the next batch.
     restored = saver.restore(cfg.load_train)
@@ -260,7 +291,7 @@ def _train_locked(
         )
     if not restored or cfg.force_initialize_learning_rate:
         optimizer.learning_rate.assign(cfg.learning_rate)
-    write_spec(checkpoint_dir, spec)
+    write_spec(write_dir, spec)
     history = _load_history(checkpoint_dir / "history.json", state.int("completed_epochs"))
 
     loop = _Loop(
@@ -274,7 +305,7 @@ def _train_locked(
         train_index=train_index,
         dev_index=dev_index,
         history=history,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=write_dir,
         on_progress=on_progress,
         writer=tf.summary.create_file_writer(str(tensorboard_dir)),
         augmentations=tuple(parse_augmentations(split_specs(cfg.augment)[1])),

@@ -61,15 +61,37 @@ class CheckpointSaver:
     """Periodic and best-dev managers, the save-every-N-steps/seconds rule, restore."""
 
     def __init__(
-        self, ckpt: tf.train.Checkpoint, checkpoint_dir: Path, cfg: TrainingConfig, weights: list
+        self,
+        ckpt: tf.train.Checkpoint,
+        checkpoint_dir: Path,
+        cfg: TrainingConfig,
+        weights: list,
+        read_dir: Path | None = None,
+        time_based: bool = True,
     ) -> None:
         self.ckpt = ckpt
         self.periodic = tf.train.CheckpointManager(
             ckpt, str(checkpoint_dir / "train"), max_to_keep=cfg.max_to_keep
         )
         self.best = tf.train.CheckpointManager(ckpt, str(checkpoint_dir / "best"), max_to_keep=1)
+        # Where to resume from: the same directory, or (multi-worker) the chief's.
+        read_dir = Path(read_dir or checkpoint_dir)
+        same = read_dir == Path(checkpoint_dir)
+        self.read_periodic = (
+            self.periodic
+            if same
+            else tf.train.CheckpointManager(
+                ckpt, str(read_dir / "train"), max_to_keep=cfg.max_to_keep
+            )
+        )
+        self.read_best = (
+            self.best
+            if same
+            else tf.train.CheckpointManager(ckpt, str(read_dir / "best"), max_to_keep=1)
+        )
         self.cfg = cfg
         self.weights = weights
+        self.time_based = time_based
         self.last_save = time.monotonic()
 
     def _check_finite(self) -> None:
@@ -89,11 +111,13 @@ class CheckpointSaver:
 
     def maybe_save(self, step: int) -> str | None:
         due_steps = step % self.cfg.checkpoint_steps == 0
-        due_secs = time.monotonic() - self.last_save >= self.cfg.checkpoint_secs
+        due_secs = self.time_based and (
+            time.monotonic() - self.last_save >= self.cfg.checkpoint_secs
+        )
         return self.save(step) if due_steps or due_secs else None
 
     def has_checkpoints(self) -> bool:
-        return bool(self.periodic.checkpoints or self.best.checkpoints)
+        return bool(self.read_periodic.checkpoints or self.read_best.checkpoints)
 
     def restore(self, load_train: str) -> str | None:
         """Restore per DeepSpeech's --load_train; returns the checkpoint used (None: fresh).
@@ -110,9 +134,9 @@ class CheckpointSaver:
                 )
             return None
         order = {
-            "auto": [self.periodic, self.best],
-            "last": [self.periodic],
-            "best": [self.best],
+            "auto": [self.read_periodic, self.read_best],
+            "last": [self.read_periodic],
+            "best": [self.read_best],
         }[load_train]
         candidates = [p for m in order for p in reversed(m.checkpoints)]
         for path in candidates:

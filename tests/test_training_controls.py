@@ -288,3 +288,85 @@ def test_mirrored_strategy_on_two_logical_devices_matches_one_device(trained, tm
     out = json.loads(run.stdout.split("RESULT ", 1)[1])
     np.testing.assert_allclose(out["mirrored"]["train"], out["none"]["train"], rtol=1e-3)
     np.testing.assert_allclose(out["mirrored"]["dev"], out["none"]["dev"], rtol=1e-3)
+
+
+MULTI_WORKER_SCRIPT = """
+import json, logging, os, sys
+from pathlib import Path
+logging.basicConfig(level=logging.INFO)
+os.environ["TF_CONFIG"] = sys.argv[4]
+from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
+from deepspeech_core.manifests import FeatureCacheManifest
+from deepspeech_core.training import train
+
+if __name__ == "__main__":
+    manifest = FeatureCacheManifest.model_validate_json(Path(sys.argv[1]).read_text())
+    cfg = TrainingConfig.model_validate_json(Path(sys.argv[2]).read_text())
+    result = train(manifest, ModelConfig(n_hidden=32, dropout_rate=0), FeatureConfig(),
+                   cfg.model_copy(update={"distribute": "multi_worker"}), Path(sys.argv[3]))
+    losses = {"train": result.train_loss_history, "dev": result.dev_loss_history}
+    print("RESULT " + json.dumps(losses))
+"""
+
+
+def _free_port() -> int:
+    import socket as sock
+
+    with sock.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_strategy_with_two_local_workers(trained, tmp_path):
+    """Two worker processes on 127.0.0.1 train one model: same losses as one process."""
+    from deepspeech_core.config import ModelConfig
+
+    cfg, _, features, _ = trained
+    (tmp_path / "features.json").write_text(features.model_dump_json())
+    (tmp_path / "training.json").write_text(cfg.training.model_dump_json())
+    script = tmp_path / "worker.py"
+    script.write_text(MULTI_WORKER_SCRIPT)
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    procs = []
+    for index in range(2):
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(script),
+                    str(tmp_path / "features.json"),
+                    str(tmp_path / "training.json"),
+                    str(tmp_path / "ckpt"),
+                    tf_config,
+                ],
+                cwd=os.path.dirname(os.path.dirname(__file__)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        assert proc.returncode == 0, err[-3000:]
+        outputs.append(json.loads(out.split("RESULT ", 1)[1]))
+    assert (tmp_path / "ckpt" / "train" / "checkpoint").is_file(), "the chief wrote checkpoints"
+    assert (tmp_path / "ckpt" / ".worker-1").is_dir(), "the other worker wrote its own copy"
+    single = train(
+        features,
+        ModelConfig(n_hidden=32, dropout_rate=0),
+        cfg.features,
+        cfg.training.model_copy(update={"distribute": "none"}),
+        tmp_path / "single",
+    )
+    for out in outputs:
+        np.testing.assert_allclose(out["train"], single.train_loss_history, rtol=1e-3)
+        np.testing.assert_allclose(out["dev"], single.dev_loss_history, rtol=1e-3)
