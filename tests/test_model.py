@@ -85,3 +85,11 @@ def test_a_visible_gpu_selects_the_cudnn_lstm(monkeypatch):
     monkeypatch.undo()
     cpu = create_model(ModelConfig(n_hidden=8), FeatureConfig(), n_classes=5)
     assert type(cpu.get_layer("lstm")).__name__ == "ProjectedLSTM"
+
+
+def test_optional_layer_norm():
+    plain = create_model(ModelConfig(n_hidden=8), FeatureConfig(), n_classes=5)
+    normed = create_model(ModelConfig(n_hidden=8, layer_norm=True), FeatureConfig(), n_classes=5)
+    norms = [layer.name for layer in normed.layers if layer.name.endswith("_norm")]
+    assert norms == ["layer_1_norm", "layer_2_norm", "layer_3_norm", "layer_5_norm"]
+    assert normed.count_params() == plain.count_params() + 4 * 2 * 8  # gamma and beta

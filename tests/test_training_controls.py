@@ -370,3 +370,42 @@ def test_multi_worker_strategy_with_two_local_workers(trained, tmp_path):
     for out in outputs:
         np.testing.assert_allclose(out["train"], single.train_loss_history, rtol=1e-3)
         np.testing.assert_allclose(out["dev"], single.dev_loss_history, rtol=1e-3)
+
+
+def test_checkpoints_every_n_seconds(trained, tmp_path):
+    import time
+
+    cfg, _, features, _ = trained
+    by_time = cfg.training.model_copy(
+        update={"checkpoint_steps": 10_000, "checkpoint_secs": 1, "max_to_keep": 10}
+    )
+    train(
+        features,
+        cfg.model,
+        cfg.features,
+        by_time,
+        tmp_path / "ck",
+        on_progress=lambda p: time.sleep(0.4),
+    )
+    steps = sorted(
+        int(p.name.split("-")[1].split(".")[0])
+        for p in (tmp_path / "ck" / "train").glob("ckpt-*.index")
+    )
+    assert set(steps) - {4, 8}, f"a checkpoint between epoch ends, by time: {steps}"
+
+
+def test_gpu_visible_but_model_on_cpu_warns(caplog):
+    from deepspeech_core.devices import DeviceReport, warn_if_model_on_cpu
+
+    class Var:
+        device = "/job:localhost/replica:0/task:0/device:CPU:0"
+
+    report = DeviceReport(
+        gpus=["/physical_device:GPU:0"], cpus=["/physical_device:CPU:0"], memory_growth=True
+    )
+    with caplog.at_level("WARNING"):
+        assert warn_if_model_on_cpu(report, [Var()])
+    assert "trains on the CPU" in caplog.text
+    Var.device = "/job:localhost/replica:0/task:0/device:GPU:0"
+    assert not warn_if_model_on_cpu(report, [Var()])
+    assert not warn_if_model_on_cpu(DeviceReport([], ["cpu"], False), [Var()])
