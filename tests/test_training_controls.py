@@ -348,14 +348,14 @@ def test_multi_worker_strategy_with_two_local_workers(trained, tmp_path):
                 text=True,
             )
         )
+    try:
+        finished = [proc.communicate(timeout=300) for proc in procs]
+    finally:  # a worker left waiting for its peer must not outlive the test
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     outputs = []
-    for proc in procs:
-        try:
-            out, err = proc.communicate(timeout=300)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
+    for proc, (out, err) in zip(procs, finished, strict=True):
         assert proc.returncode == 0, err[-3000:]
         outputs.append(json.loads(out.split("RESULT ", 1)[1]))
     assert (tmp_path / "ckpt" / "train" / "checkpoint").is_file(), "the chief wrote checkpoints"
