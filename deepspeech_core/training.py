@@ -31,7 +31,7 @@ from deepspeech_core.checkpoints import (
 )
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.dataset import Batch, SplitIndex, batch_plan, batch_signature, make_dataset
-from deepspeech_core.devices import preflight, warn_if_model_on_cpu
+from deepspeech_core.devices import DeviceReport, preflight, warn_if_model_on_cpu
 from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.locking import training_lock
 from deepspeech_core.losses import ctc_loss_per_sample, make_eval_step
@@ -200,19 +200,26 @@ def train(
     strategy = early or make_strategy(cfg.distribute, devices)
     write_dir = _write_dir(strategy, checkpoint_dir)
     tensorboard_dir = tensorboard_dir or checkpoint_dir.parent / "tensorboard"
-    if write_dir != checkpoint_dir:
-        tensorboard_dir = write_dir / "tensorboard"
+    place = _Placement(
+        devices,
+        strategy,
+        checkpoint_dir,
+        write_dir,
+        tensorboard_dir if write_dir == checkpoint_dir else write_dir / "tensorboard",
+    )
     with training_lock(write_dir):
-        return _train_locked(
-            feature_manifest,
-            model_cfg,
-            feature_cfg,
-            cfg,
-            (checkpoint_dir, write_dir),
-            on_progress,
-            tensorboard_dir,
-            (devices, strategy),
-        )
+        return _train_locked(feature_manifest, model_cfg, feature_cfg, cfg, place, on_progress)
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where this process computes and what it reads and writes."""
+
+    devices: DeviceReport
+    strategy: tf.distribute.Strategy
+    checkpoint_dir: Path  # resume from here (shared by all workers)
+    write_dir: Path  # save here: checkpoint_dir, except on non-chief workers
+    tensorboard_dir: Path
 
 
 def _write_dir(strategy: tf.distribute.Strategy, checkpoint_dir: Path) -> Path:
@@ -225,18 +232,16 @@ def _write_dir(strategy: tf.distribute.Strategy, checkpoint_dir: Path) -> Path:
 
 
 def _train_locked(
-    feature_manifest,
-    model_cfg,
-    feature_cfg,
-    cfg,
-    dirs,
-    on_progress,
-    tensorboard_dir,
-    placement,
+    feature_manifest: FeatureCacheManifest,
+    model_cfg: ModelConfig,
+    feature_cfg: FeatureConfig,
+    cfg: TrainingConfig,
+    place: _Placement,
+    on_progress: ProgressCallback | None,
 ) -> TrainedModelManifest:
     started = time.monotonic()
-    checkpoint_dir, write_dir = dirs
-    devices, strategy = placement
+    checkpoint_dir, write_dir = place.checkpoint_dir, place.write_dir
+    devices, strategy = place.devices, place.strategy
     alphabet = Alphabet.load(feature_manifest.alphabet_path)
     spec = ModelSpec(alphabet, feature_cfg, model_cfg)
     existing = read_spec(checkpoint_dir)
@@ -307,7 +312,7 @@ def _train_locked(
         history=history,
         checkpoint_dir=write_dir,
         on_progress=on_progress,
-        writer=tf.summary.create_file_writer(str(tensorboard_dir)),
+        writer=tf.summary.create_file_writer(str(place.tensorboard_dir)),
         augmentations=tuple(parse_augmentations(split_specs(cfg.augment)[1])),
     )
     loop.run()
