@@ -29,6 +29,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from deepspeech_core.audio import AudioError, read_audio, to_int16
+
 
 class AugmentationError(ValueError):
     """An --augment specification that cannot be parsed; says what is accepted."""
@@ -391,8 +393,6 @@ def _overlay_sources(source: str, rate: int) -> tuple[np.ndarray, ...]:
     """Audio of an overlay source: a folder of audio files or a DeepSpeech CSV."""
     import pandas as pd
 
-    from deepspeech_core.audio import AudioError, read_audio
-
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -437,5 +437,4 @@ def augment_audio(
         if rng.random() < aug.p:
             audio = aug.apply_audio(audio, rate, rng, 0.0)
             changed = True
-    out = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
-    return out, changed
+    return to_int16(audio), changed

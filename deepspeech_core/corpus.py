@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,8 +168,9 @@ def _normalize(sentence: str, cfg: CorpusConfig) -> str:
 # --- checks -------------------------------------------------------------------------
 
 
-def ctc_required_frames(labels: str) -> int:
-    """Frames CTC needs for a transcript: one per label, plus a blank between repeats."""
+def ctc_required_frames(labels: Sequence) -> int:
+    """Frames CTC needs for a transcript or label sequence: one per label, plus a blank
+    between repeats."""
     repeats = sum(1 for a, b in zip(labels, labels[1:], strict=False) if a == b)
     return len(labels) + repeats
 

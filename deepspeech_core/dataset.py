@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.augmentation import AugmentationPlan, augment_clip
+from deepspeech_core.corpus import ctc_required_frames
 from deepspeech_core.feature_cache import ShardReader
 
 
@@ -111,11 +112,6 @@ def batch_plan(
     return batches
 
 
-def ctc_min_frames(labels: np.ndarray) -> int:
-    """Frames CTC needs for a label sequence: one per label plus one between repeats."""
-    return int(len(labels) + np.count_nonzero(labels[1:] == labels[:-1]))
-
-
 def _pad_labels(labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.array([len(x) for x in labels], np.int32)
     padded = np.zeros((len(labels), max(1, int(lengths.max()))), np.int32)
@@ -151,7 +147,7 @@ def load_batch(
             rng,
             clock,
             augment.win_step_ms,
-            ctc_min_frames(x),
+            ctc_required_frames(x),
         )
         for i, x in zip(ids, labels, strict=True)
     ]

@@ -8,6 +8,7 @@ plateau rules. Everything a restart needs is in the checkpoint (see training_sta
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -336,8 +337,6 @@ def _train_locked(
 
 def _load_history(path: Path, completed_epochs: int) -> dict[str, list[float]]:
     """Per-epoch losses, trimmed to the epochs the restored checkpoint had completed."""
-    import json
-
     if not path.is_file():
         return {"train_loss": [], "dev_loss": []}
     data = json.loads(path.read_text())
