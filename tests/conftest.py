@@ -15,6 +15,22 @@ apply_defaults()
 SHARED_FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd-cv" / "en"
 
 
+def sigkill_when(proc, ready, timeout: float, what: str, group: bool = False) -> None:
+    """Poll `ready()` while `proc` runs; SIGKILL it (its process group) once it is true."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, f"{what} finished before it could be killed"
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def tiny_config(workdir: Path, corpus: Path, **training):
     from deepspeech_core.config import PipelineConfig
 

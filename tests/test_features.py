@@ -9,6 +9,7 @@ from deepspeech_core.corpus import feature_frames, validate_corpus
 from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.feature_cache import build_feature_cache
 from deepspeech_core.features import MfccExtractor, context_windows
+from tests.conftest import sigkill_when
 
 
 def _deepspeech_samples_to_mfccs(wav_path: str, features: FeatureConfig) -> np.ndarray:
@@ -140,11 +141,8 @@ def _cache_view(manifest):
 
 
 def test_sigkilled_build_resumes_to_the_identical_cache(tiny_cv, tmp_path):
-    import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     killed = tmp_path / "killed"
@@ -154,14 +152,9 @@ def test_sigkilled_build_resumes_to_the_identical_cache(tiny_cv, tmp_path):
         [sys.executable, str(script), str(tiny_cv), str(killed)],
         cwd=Path(__file__).resolve().parents[1],
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(killed.glob("features/*/shards/*.index.csv"))) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the build finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_when(
+        proc, lambda: len(list(killed.glob("features/*/shards/*.index.csv"))) >= 3, 120, "the build"
+    )
     done = len(list(killed.glob("features/*/shards/*.index.csv")))
     assert 3 <= done < 10
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # imported (and Prefect logging set up) outside CliRunner
-from tests.conftest import tiny_config
+from tests.conftest import sigkill_when, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -223,10 +223,8 @@ def test_feature_shards_run_on_a_dask_cluster(tiny_cv, tmp_path):
 def test_killed_run_resumes_when_the_flow_is_run_again(tiny_cv, tmp_path):
     """SIGKILL the CLI mid-training; the same command again continues from the checkpoint."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     from prefect.settings import PREFECT_API_URL
@@ -262,16 +260,12 @@ def test_killed_run_resumes_when_the_flow_is_run_again(tiny_cv, tmp_path):
         start_new_session=True,
     )
     state = workdir / "checkpoints" / "train" / "checkpoint"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if state.is_file() and "ckpt-" in state.read_text():
-            step = int(state.read_text().split('"')[1].rsplit("-", 1)[1])
-            if step >= 10:
-                break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def checkpointed_step_10() -> bool:
+        text = state.read_text() if state.is_file() else ""
+        return "ckpt-" in text and int(text.split('"')[1].rsplit("-", 1)[1]) >= 10
+
+    sigkill_when(proc, checkpointed_step_10, 240, "training", group=True)
 
     cfg = tiny_config(workdir, tiny_cv, epochs=40, train_batch_size=4, checkpoint_steps=5)
     cfg = cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"import_workers": 0})})

@@ -140,29 +140,33 @@ if __name__ == "__main__":
 """
 
 
+def _subprocess_command(tmp_path, features, training, script_text: str) -> list[str]:
+    """python SCRIPT FEATURES.json TRAINING.json: a training run in a fresh process."""
+    (tmp_path / "features.json").write_text(features.model_dump_json())
+    (tmp_path / "training.json").write_text(training.model_dump_json())
+    script = tmp_path / "script.py"
+    script.write_text(script_text)
+    return [
+        sys.executable,
+        str(script),
+        str(tmp_path / "features.json"),
+        str(tmp_path / "training.json"),
+    ]
+
+
+REPO = os.path.dirname(os.path.dirname(__file__))
+
+
 def test_sigkill_at_a_random_step_then_resume_gives_identical_weights(trained, tmp_path):
     """Deterministic ops + seed: killed-and-resumed == never interrupted, bit for bit."""
     cfg, _, features, _ = trained
     training = cfg.training.model_copy(update={"deterministic": True, "checkpoint_steps": 2})
-    (tmp_path / "features.json").write_text(features.model_dump_json())
-    (tmp_path / "training.json").write_text(training.model_dump_json())
-    script = tmp_path / "train.py"
-    script.write_text(KILL_SCRIPT)
+    command = _subprocess_command(tmp_path, features, training, KILL_SCRIPT)
     kill_at = int(np.random.default_rng().integers(2, 8))  # anywhere in the 8 steps
 
     def run(ckpt, kill):
         return subprocess.run(
-            [
-                sys.executable,
-                str(script),
-                str(tmp_path / "features.json"),
-                str(tmp_path / "training.json"),
-                str(ckpt),
-                str(kill),
-            ],
-            cwd=os.path.dirname(os.path.dirname(__file__)),
-            capture_output=True,
-            text=True,
+            [*command, str(ckpt), str(kill)], cwd=REPO, capture_output=True, text=True
         )
 
     killed = run(tmp_path / "killed", kill_at)
@@ -267,22 +271,8 @@ if __name__ == "__main__":
 
 def test_mirrored_strategy_on_two_logical_devices_matches_one_device(trained, tmp_path):
     cfg, _, features, _ = trained
-    (tmp_path / "features.json").write_text(features.model_dump_json())
-    (tmp_path / "training.json").write_text(cfg.training.model_dump_json())
-    script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED_SCRIPT)
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            str(tmp_path / "features.json"),
-            str(tmp_path / "training.json"),
-            str(tmp_path),
-        ],
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-        capture_output=True,
-        text=True,
-    )
+    command = _subprocess_command(tmp_path, features, cfg.training, MIRRORED_SCRIPT)
+    run = subprocess.run([*command, str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "training on 2 replicas" in run.stderr
     out = json.loads(run.stdout.split("RESULT ", 1)[1])
@@ -322,10 +312,7 @@ def test_multi_worker_strategy_with_two_local_workers(trained, tmp_path):
     from deepspeech_core.config import ModelConfig
 
     cfg, _, features, _ = trained
-    (tmp_path / "features.json").write_text(features.model_dump_json())
-    (tmp_path / "training.json").write_text(cfg.training.model_dump_json())
-    script = tmp_path / "worker.py"
-    script.write_text(MULTI_WORKER_SCRIPT)
+    command = _subprocess_command(tmp_path, features, cfg.training, MULTI_WORKER_SCRIPT)
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     procs = []
     for index in range(2):
@@ -334,15 +321,8 @@ def test_multi_worker_strategy_with_two_local_workers(trained, tmp_path):
         )
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    str(script),
-                    str(tmp_path / "features.json"),
-                    str(tmp_path / "training.json"),
-                    str(tmp_path / "ckpt"),
-                    tf_config,
-                ],
-                cwd=os.path.dirname(os.path.dirname(__file__)),
+                [*command, str(tmp_path / "ckpt"), tf_config],
+                cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -1,9 +1,7 @@
 """Every rejection reason, resampling, odd encodings and a killed import (issue 3)."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +14,7 @@ import soundfile
 
 from deepspeech_core.config import CorpusConfig, FeatureConfig
 from deepspeech_core.corpus import REASONS, validate_corpus
+from tests.conftest import sigkill_when
 
 FEATURES = FeatureConfig()
 HEADER = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccent\tlocale\tsegment"
@@ -206,14 +205,7 @@ def test_sigkilled_import_resumes_to_the_same_result(slow_corpus, tmp_path):
         [sys.executable, "-c", KILL_SCRIPT, str(slow_corpus), str(killed)],
         cwd=Path(__file__).resolve().parents[1],
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if clips.is_dir() and len(list(clips.glob("*.wav"))) >= 20:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the import finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_when(proc, lambda: len(list(clips.glob("*.wav"))) >= 20, 120, "the import")
     done_before = len(list(clips.glob("*.wav")))
     assert 20 <= done_before < 82 and not (killed / "corpus" / "train.csv").exists()
 
