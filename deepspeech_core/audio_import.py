@@ -39,6 +39,7 @@ class ImportResult:
     pcm_sha256: str = ""
     reason: str | None = None
     detail: str = ""
+    converted: bool = False  # a new wav was written (not one an earlier run made)
 
 
 @cache
@@ -85,7 +86,11 @@ def run_job(job: ImportJob) -> ImportResult:
         audio = read_audio(source, job.sample_rate)
         write_wav(target, audio.samples, job.sample_rate)
         return ImportResult(
-            len(audio.samples), audio.source_rate, audio.source_channels, _pcm_hash(audio.samples)
+            len(audio.samples),
+            audio.source_rate,
+            audio.source_channels,
+            _pcm_hash(audio.samples),
+            converted=True,
         )
     except AudioError as exc:
         return ImportResult(reason=exc.reason, detail=exc.detail)

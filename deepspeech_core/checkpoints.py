@@ -131,6 +131,20 @@ def load_model(checkpoint_dir: Path, which: str = "best") -> tuple[keras.Model, 
     return model, spec, prefix
 
 
+def save_inference_checkpoint(model: keras.Model, spec: ModelSpec, directory: Path) -> Path:
+    """Weights only (no optimizer), as a checkpoint directory `load_model` reads.
+
+    An export carries one, so the exported model can be evaluated again (champion vs
+    challenger) or trained further (--load_checkpoint_dir EXPORT_DIR/current/checkpoint).
+    """
+    directory = Path(directory)
+    write_spec(directory, spec)
+    manager = tf.train.CheckpointManager(
+        tracked_state(model, None), str(directory / "best"), max_to_keep=1
+    )
+    return Path(manager.save())
+
+
 # DeepSpeech's layer order; --drop_source_layers N re-initialises the last N of these.
 LAYER_ORDER = ("layer_1", "layer_2", "layer_3", "lstm", "layer_5", "layer_6")
 

@@ -153,13 +153,45 @@ class TrainingConfig(_Section):
         return specs
 
 
-class EvaluationConfig(_Section):
+class DecoderConfig(_Section):
+    """How logits become text (DeepSpeech's decoder flags and defaults)."""
+
+    beam_width: int = Field(
+        1024, ge=1, description="CTC beam width; 1 = greedy best-path decoding."
+    )
+    scorer_path: Path | None = Field(
+        None, description="KenLM language model (ARPA or KenLM binary) for the beam search."
+    )
+    lm_alpha: float = Field(0.931289039105002, description="Language model weight.")
+    lm_beta: float = Field(1.1834137581510284, description="Word insertion bonus.")
+
+
+class EvaluationConfig(DecoderConfig):
     test_batch_size: int = Field(1, ge=1, description="Clips per evaluation batch.")
-    report_count: int = Field(5, ge=0, description="Best/worst samples shown in the log.")
+    report_count: int = Field(
+        5, ge=0, description="Best, median and worst samples shown in the log and UI."
+    )
+    test_output_file: Path | None = Field(
+        None, description="Also write the per-sample JSON here (default: WORKDIR/reports)."
+    )
 
 
 class ExportConfig(_Section):
+    """Where the model goes and what its model card says (DeepSpeech's export flags)."""
+
     export_dir: Path | None = Field(None, description="Default: WORKDIR/export.")
+    export_tflite: bool = Field(
+        True, description="Also export streaming TFLite models (fp32 and quantised)."
+    )
+    export_author_id: str = Field("author", description="Model card: author's id.")
+    export_model_name: str = Field("model", description="Model card: model name.")
+    export_model_version: str = Field("0.0.1", description="Model card: model version.")
+    export_contact_info: str = Field("<public contact information>", description="Model card.")
+    export_license: str = Field("AGPL-3.0", description="Model card: SPDX license identifier.")
+    export_language: str = Field("en", description="Model card: language (e.g. en-US).")
+    export_min_ds_version: str = Field("0.9.3", description="Model card: DeepSpeech version.")
+    export_max_ds_version: str = Field("0.9.3", description="Model card: DeepSpeech version.")
+    export_description: str = Field("<optional description>", description="Model card.")
 
 
 class ExecutionConfig(_Section):
@@ -211,6 +243,8 @@ class PipelineConfig(_Section):
             c[key] = [absolute(p) for p in getattr(self.corpus, key)]
         data["training"]["checkpoint_dir"] = absolute(self.training.checkpoint_dir)
         data["export"]["export_dir"] = absolute(self.export.export_dir)
+        data["evaluation"]["scorer_path"] = absolute(self.evaluation.scorer_path)
+        data["evaluation"]["test_output_file"] = absolute(self.evaluation.test_output_file)
         return PipelineConfig.model_validate(data)
 
 

@@ -59,8 +59,9 @@ SPLIT_COLUMNS = [
     "duration",
     "sentence",
     "content_hash",
+    "source",
 ]
-_LAYOUT_VERSION = "3"
+_LAYOUT_VERSION = "4"
 
 
 class CorpusError(ValueError):
@@ -404,6 +405,7 @@ def _split_record(r: Row) -> dict:
         "duration": round(r.duration, 4),
         "sentence": r.sentence,
         "content_hash": r.audio_info.pcm_sha256,
+        "source": r.source,
     }
 
 
@@ -484,6 +486,7 @@ def validate_corpus(
         rejected={s: stats[s]["rejected"] for s in present},
         hours={s: stats[s]["hours"] for s in present},
         fingerprint=text_sha256(alphabet.to_text(), *(file_sha256(splits[s]) for s in present)),
+        imported=sum(r.audio_info.converted for r in rows),
     )
     atomic_write_json(
         out / "manifest.json",
@@ -492,6 +495,9 @@ def validate_corpus(
             "alphabet_given": alphabet_path is not None,
             "manifest": manifest.model_dump(mode="json"),
         },
+    )
+    log.info(
+        "%d clips converted this run; the others were imported by earlier runs", manifest.imported
     )
     for s in present:
         log.info(

@@ -44,6 +44,7 @@ class SplitIndex:
     transcripts: list[str]
     labels: list[np.ndarray]
     wav_filenames: list[str]
+    sources: list[str]
 
     def __len__(self) -> int:
         return len(self.shards)
@@ -59,6 +60,7 @@ class SplitIndex:
             transcripts=self.transcripts + other.transcripts,
             labels=self.labels + other.labels,
             wav_filenames=self.wav_filenames + other.wav_filenames,
+            sources=self.sources + other.sources,
         )
 
     @property
@@ -75,7 +77,11 @@ class SplitIndex:
 
     @classmethod
     def load(cls, index_csv: Path, alphabet: Alphabet) -> SplitIndex:
-        df = pd.read_csv(index_csv, dtype={"transcript": str, "shard": str}, keep_default_na=False)
+        df = pd.read_csv(
+            index_csv,
+            dtype={"transcript": str, "shard": str, "source": str},
+            keep_default_na=False,
+        )
         return cls(
             reader=ShardReader.for_index(Path(index_csv)),
             shards=list(df["shard"]),
@@ -85,6 +91,7 @@ class SplitIndex:
             transcripts=list(df["transcript"]),
             labels=[alphabet.encode(t) for t in df["transcript"]],
             wav_filenames=list(df["wav_filename"]),
+            sources=list(df["source"]) if "source" in df else [""] * len(df),
         )
 
 

@@ -1,8 +1,15 @@
-"""The evaluate stage: greedy CTC decoding of a split, per-sample results, WER/CER."""
+"""The evaluate stage: decode the test files, per-sample results, DeepSpeech's reports.
+
+As DeepSpeech's evaluate.py: every test file is reported on its own (WER, CER, mean
+loss) and the best, median and worst `report_count` samples are shown; the per-sample
+JSON has DeepSpeech's --test_output_file fields. On top: the whole test split's figures,
+a WER-by-duration breakdown, and the decoder that produced them.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,16 +18,22 @@ import numpy as np
 from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import EvaluationConfig
 from deepspeech_core.dataset import SplitIndex, batch_plan, make_dataset
+from deepspeech_core.decoding import Decoder, make_decoder
 from deepspeech_core.io_utils import atomic_write_json
-from deepspeech_core.losses import greedy_decode, make_eval_step
-from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest
+from deepspeech_core.losses import make_eval_step
+from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, Metrics
 from deepspeech_core.metrics import corpus_error_rates, error_counts
 
 log = logging.getLogger(__name__)
 
+# Upper bounds (seconds) of the WER-by-duration rows; the last row is open-ended.
+DURATION_EDGES = (2.0, 4.0, 6.0, 8.0, 10.0)
+
 
 @dataclass(frozen=True)
 class SampleResult:
+    """One clip's result, with exactly DeepSpeech's --test_output_file fields."""
+
     wav_filename: str
     src: str
     res: str
@@ -33,20 +46,84 @@ class SampleResult:
     wer: float
 
 
-def transcribe_split(model, alphabet, index: SplitIndex, batch_size: int, n_input: int):
-    """(per-sample loss, decoded text) for every clip of `index`, in index order."""
+def decode_split(
+    model, decoder: Decoder, index: SplitIndex, batch_size: int, n_input: int
+) -> tuple[np.ndarray, list[str]]:
+    """(per-sample CTC loss, decoded text) for every clip of `index`, in index order."""
     losses = np.zeros(len(index), np.float64)
     texts = [""] * len(index)
     plan = batch_plan(index.n_frames, batch_size)
     eval_step = make_eval_step(model, n_input)
+    done, started, last_log = 0, time.monotonic(), time.monotonic()
     for ids, batch in zip(plan, make_dataset(index, plan, n_input), strict=True):
         logits, batch_losses = eval_step(batch)
-        batch_losses = batch_losses.numpy()
-        decoded = greedy_decode(logits, batch.feature_lengths)
+        logits, lengths = logits.numpy(), batch.feature_lengths.numpy()
         for j, i in enumerate(ids):
             losses[i] = batch_losses[j]
-            texts[i] = alphabet.decode(decoded[j])
+            texts[i] = decoder.decode(logits[j, : lengths[j]])
+        done += len(ids)
+        if time.monotonic() - last_log > 30:
+            last_log = time.monotonic()
+            log.info(
+                "decoded %d/%d clips (%.1f clips/s)",
+                done,
+                len(index),
+                done / (last_log - started),
+            )
     return losses, texts
+
+
+def _metrics(samples: list[SampleResult]) -> Metrics:
+    wer, cer = corpus_error_rates([s.src for s in samples], [s.res for s in samples])
+    loss = float(np.mean([s.loss for s in samples])) if samples else 0.0
+    return Metrics(wer=wer, cer=cer, loss=loss, samples=len(samples))
+
+
+def _duration_label(seconds: float) -> str:
+    low = 0.0
+    for high in DURATION_EDGES:
+        if seconds < high:
+            return f"{low:g}-{high:g} s"
+        low = high
+    return f">= {low:g} s"
+
+
+def by_duration(samples: list[SampleResult], durations: np.ndarray) -> dict[str, Metrics]:
+    """Metrics per clip-length range, shortest first (empty ranges left out)."""
+    groups: dict[str, list[SampleResult]] = {}
+    for sample, seconds in sorted(zip(samples, durations, strict=True), key=lambda x: x[1]):
+        groups.setdefault(_duration_label(float(seconds)), []).append(sample)
+    return {label: _metrics(group) for label, group in groups.items()}
+
+
+def report_examples(samples: list[SampleResult], count: int) -> dict[str, list[dict]]:
+    """DeepSpeech's report: best, median and worst samples by WER, then by loss."""
+    if not count or not samples:
+        return {}
+    ranked = sorted(samples, key=lambda s: (s.wer, s.loss))
+    middle = max(0, len(ranked) // 2 - count // 2)
+    groups = {
+        "best": ranked[:count],
+        "median": ranked[middle : middle + count],
+        "worst": ranked[-count:][::-1],
+    }
+    return {name: [asdict(s) for s in group] for name, group in groups.items()}
+
+
+def _sample(wav: str, ref: str, hyp: str, loss: float) -> SampleResult:
+    counts = error_counts(ref, hyp)
+    return SampleResult(
+        wav,
+        ref,
+        hyp,
+        float(loss),
+        counts.char_distance,
+        counts.char_length,
+        counts.word_distance,
+        counts.word_length,
+        counts.cer,
+        counts.wer,
+    )
 
 
 def evaluate(
@@ -62,74 +139,84 @@ def evaluate(
             f"no {split} split to evaluate: give --test_files or a corpus with test.tsv"
         )
     model, spec, prefix = load_model(checkpoint_dir, "best")
+    decoder = make_decoder(spec.alphabet, cfg)
     index = SplitIndex.load(feature_manifest.indexes[split], spec.alphabet)
-    losses, texts = transcribe_split(
-        model, spec.alphabet, index, cfg.test_batch_size, spec.features.n_input
-    )
-    samples = []
-    for wav, ref, hyp, loss in zip(
-        index.wav_filenames, index.transcripts, texts, losses, strict=True
-    ):
-        counts = error_counts(ref, hyp)
-        samples.append(
-            SampleResult(
-                wav,
-                ref,
-                hyp,
-                float(loss),
-                counts.char_distance,
-                counts.char_length,
-                counts.word_distance,
-                counts.word_length,
-                counts.cer,
-                counts.wer,
-            )
-        )
-    wer, cer = corpus_error_rates(index.transcripts, texts)
-    mean_loss = float(np.mean(losses)) if len(losses) else 0.0
+    log.info("evaluating %s (%d clips) with the %s decoder", prefix, len(index), decoder.name)
+    losses, texts = decode_split(model, decoder, index, cfg.test_batch_size, spec.features.n_input)
+    samples = [
+        _sample(*row)
+        for row in zip(index.wav_filenames, index.transcripts, texts, losses, strict=True)
+    ]
+    per_file: dict[str, list[SampleResult]] = {}
+    for sample, source in zip(samples, index.sources, strict=True):
+        per_file.setdefault(source or split, []).append(sample)
+    overall = _metrics(samples)
+    files = {source: _metrics(group) for source, group in per_file.items()}
+    durations = by_duration(samples, index.durations)
+    examples = report_examples(samples, cfg.report_count)
+
     reports_dir = Path(reports_dir)
     report = reports_dir / "evaluation.json"
     test_output = reports_dir / "test_output.json"
-    atomic_write_json(test_output, [asdict(s) for s in samples])
+    records = [asdict(s) for s in samples]
+    atomic_write_json(test_output, records)
+    if cfg.test_output_file is not None:
+        atomic_write_json(Path(cfg.test_output_file), records)
     atomic_write_json(
         report,
         {
-            "wer": wer,
-            "cer": cer,
-            "loss": mean_loss,
-            "samples": len(samples),
+            **overall.model_dump(),
             "checkpoint": str(prefix),
             "split": split,
+            "decoder": decoder.name,
+            "beam_width": cfg.beam_width,
+            "scorer_path": str(cfg.scorer_path) if cfg.scorer_path else None,
+            "per_file": {k: v.model_dump() for k, v in files.items()},
+            "by_duration": {k: v.model_dump() for k, v in durations.items()},
+            "examples": examples,
         },
     )
-    _log_examples(samples, cfg.report_count)
+    for source, m in files.items():
+        log.info(
+            "Test on %s - WER: %.6f, CER: %.6f, loss: %.6f (%d clips)",
+            source,
+            m.wer,
+            m.cer,
+            m.loss,
+            m.samples,
+        )
+    _log_examples(examples)
     log.info(
-        "%s: WER %.4f, CER %.4f, loss %.3f on %d clips", split, wer, cer, mean_loss, len(samples)
+        "%s: WER %.4f, CER %.4f, loss %.3f on %d clips (%s decoder)",
+        split,
+        overall.wer,
+        overall.cer,
+        overall.loss,
+        overall.samples,
+        decoder.name,
     )
     return EvaluationManifest(
-        wer=wer,
-        cer=cer,
-        loss=mean_loss,
-        samples=len(samples),
+        **overall.model_dump(),
         report_path=report,
         test_output_path=test_output,
         checkpoint=prefix,
+        decoder=decoder.name,
+        per_file=files,
+        by_duration=durations,
+        examples=examples,
     )
 
 
-def _log_examples(samples: list[SampleResult], count: int) -> None:
-    """Best and worst samples by WER then loss, as DeepSpeech's report does."""
-    if not count:
-        return
-    ranked = sorted(samples, key=lambda s: (s.wer, s.loss))
-    for title, group in (("best", ranked[:count]), ("worst", ranked[-count:][::-1])):
+def _log_examples(examples: dict[str, list[dict]]) -> None:
+    for title, group in examples.items():
+        log.info("%s samples:", title.capitalize())
         for s in group:
             log.info(
-                "%s: WER %.2f CER %.2f loss %.2f | src %r | res %r",
-                title,
-                s.wer,
-                s.cer,
-                s.loss,
-                s.src,
-                s.res,
+                "  WER %.2f, CER %.2f, loss %.2f | %s\n    src: %r\n    res: %r",
+                s["wer"],
+                s["cer"],
+                s["loss"],
+                s["wav_filename"],
+                s["src"],
+                s["res"],
             )

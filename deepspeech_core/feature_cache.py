@@ -50,6 +50,7 @@ INDEX_COLUMNS = [
     "n_frames",
     "duration",
     "transcript",
+    "source",
 ]
 _MFCC_BATCH = 64  # clips per op call: amortises call overhead, bounds memory
 
@@ -204,7 +205,9 @@ class ShardReader:
 
 def _split_clips(csv_path: Path) -> pd.DataFrame:
     df = pd.read_csv(
-        csv_path, dtype={"transcript": str, "content_hash": str}, keep_default_na=False
+        csv_path,
+        dtype={"transcript": str, "content_hash": str, "source": str},
+        keep_default_na=False,
     )
     if "content_hash" not in df.columns:
         raise ValueError(f"{csv_path} has no content_hash column: rerun the validate stage")
@@ -268,6 +271,7 @@ def _write_index(path: Path, df: pd.DataFrame, catalog: pd.DataFrame) -> None:
             "n_frames": located.n_frames.to_numpy(),
             "duration": df.duration.to_numpy(),
             "transcript": df.transcript.to_numpy(),
+            "source": df["source"].to_numpy() if "source" in df else "",
         },
         columns=INDEX_COLUMNS,
     )

@@ -1,7 +1,8 @@
-"""One training per checkpoint directory: a lock file naming its owner.
+"""One owner per directory: a lock file naming its owner.
 
 Two trainings writing one checkpoint directory would interleave checkpoints and corrupt
-each other's resume point. The lock holds the owner's pid, host and start time; a lock
+each other's resume point; two pipeline runs on one work directory would race for the
+same export version. The lock holds the owner's pid, host and start time; a lock
 left by a process that is gone (on this host) is stale and taken over, so a crash never
 blocks the next run.
 """
@@ -17,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-class TrainingLockedError(RuntimeError):
-    """Another live training holds the checkpoint directory."""
+class LockedError(RuntimeError):
+    """Another live process holds the directory."""
 
 
 def _alive(pid: int) -> bool:
@@ -45,11 +46,24 @@ def _try_create(path: Path, owner: dict) -> bool:
     return True
 
 
-@contextmanager
-def training_lock(checkpoint_dir: Path) -> Iterator[Path]:
+def training_lock(checkpoint_dir: Path):
     """Hold CHECKPOINT_DIR/train.lock for the duration of the block."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / "train.lock"
+    return directory_lock(
+        checkpoint_dir, "train.lock", "training", "train into another --checkpoint_dir"
+    )
+
+
+def workdir_lock(workdir: Path):
+    """Hold WORKDIR/run.lock: one pipeline run per work directory at a time."""
+    return directory_lock(workdir, "run.lock", "train-cv run", "use another --workdir")
+
+
+@contextmanager
+def directory_lock(directory: Path, name: str, what: str, instead: str) -> Iterator[Path]:
+    """Hold DIRECTORY/NAME for the duration of the block (a stale lock is taken over)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
     owner = _owner()
     for _ in range(3):
         if _try_create(path, owner):
@@ -61,15 +75,14 @@ def training_lock(checkpoint_dir: Path) -> Iterator[Path]:
         same_host = holder.get("host") == owner["host"]
         if holder and (not same_host or _alive(int(holder.get("pid", -1)))):
             started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
-            raise TrainingLockedError(
-                f"{checkpoint_dir} is in use by another training (pid {holder.get('pid')} on "
+            raise LockedError(
+                f"{directory} is in use by another {what} (pid {holder.get('pid')} on "
                 f"{holder.get('host')}, since {started}). Wait for it to finish, stop it, or "
-                f"train into another --checkpoint_dir. If that process is gone for good, "
-                f"delete {path}."
+                f"{instead}. If that process is gone for good, delete {path}."
             )
         path.unlink(missing_ok=True)  # stale: its owner is dead; take it over
     else:
-        raise TrainingLockedError(f"could not take {path}: another process keeps recreating it")
+        raise LockedError(f"could not take {path}: another process keeps recreating it")
     try:
         yield path
     finally:

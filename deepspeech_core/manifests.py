@@ -26,6 +26,7 @@ class CorpusManifest(_Manifest):
     hours: dict[str, float]
     fingerprint: str
     reused: bool = False
+    imported: int = 0  # clips converted by this run (the rest were imported before)
 
 
 class FeatureCacheManifest(_Manifest):
@@ -46,9 +47,19 @@ class TrainedModelManifest(_Manifest):
     steps: int
     epochs: int
     resumed_from_step: int
+    initialized_from: Path | None = None  # warm start / transfer learning source
     train_loss_history: list[float]
     dev_loss_history: list[float]
     seconds: float
+
+
+class Metrics(_Manifest):
+    """Corpus-level error rates of a set of clips (one test file, one duration range)."""
+
+    wer: float
+    cer: float
+    loss: float
+    samples: int
 
 
 class EvaluationManifest(_Manifest):
@@ -59,6 +70,10 @@ class EvaluationManifest(_Manifest):
     report_path: Path
     test_output_path: Path
     checkpoint: Path
+    decoder: str = "greedy"
+    per_file: dict[str, Metrics] = {}
+    by_duration: dict[str, Metrics] = {}
+    examples: dict[str, list[dict]] = {}
 
 
 class ExportManifest(_Manifest):
@@ -67,6 +82,14 @@ class ExportManifest(_Manifest):
     metadata: Path
     alphabet: Path
     size_bytes: int
+    version: str = ""
+    current: Path | None = None
+    tflite: dict[str, Path] = {}
+    tflite_sizes: dict[str, int] = {}
+    tflite_max_diff: dict[str, float] = {}
+    model_card: Path | None = None
+    promoted: bool = True
+    promotion_reason: str = ""
 
 
 class PipelineResult(_Manifest):

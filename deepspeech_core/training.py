@@ -287,7 +287,9 @@ def _train_locked(
             state.int("completed_epochs"),
             float(optimizer.learning_rate.numpy()),
         )
-    elif cfg.load_checkpoint_dir is not None:
+    initialized_from = None
+    if not restored and cfg.load_checkpoint_dir is not None:
+        initialized_from = Path(cfg.load_checkpoint_dir)
         copied = transfer_weights(model, spec, cfg.load_checkpoint_dir, cfg.drop_source_layers)
         log.info(
             "transfer learning from %s: copied %s, re-initialised the last %d layer(s)",
@@ -329,6 +331,7 @@ def _train_locked(
         steps=state.int("step"),
         epochs=state.int("completed_epochs"),
         resumed_from_step=resumed_from,
+        initialized_from=initialized_from,
         train_loss_history=history["train_loss"],
         dev_loss_history=history["dev_loss"],
         seconds=round(time.monotonic() - started, 2),

@@ -164,27 +164,49 @@ for _name, _target, _reuse, _help in [
 @app.command("transcribe", help="Transcribe audio files with an exported model.")
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="wav/mp3/flac files, any rate.")],
-    model: Annotated[Path, _opt("model", help="An export directory (holds saved_model/).")],
+    model: Annotated[
+        Path, _opt("model", help="An export directory (uses its `current`) or a version.")
+    ],
+    backend: Annotated[
+        str, _opt("backend", help="saved_model | tflite | tflite_quant (streaming).")
+    ] = "saved_model",
+    beam_width: Annotated[int | None, _opt("beam_width", help="1 = greedy. [1024]")] = None,
+    scorer_path: Annotated[
+        Path | None, _opt("scorer_path", "scorer", help="KenLM ARPA or binary.")
+    ] = None,
+    lm_alpha: Annotated[float | None, _opt("lm_alpha", help="LM weight.")] = None,
+    lm_beta: Annotated[float | None, _opt("lm_beta", help="Word insertion bonus.")] = None,
     json_output: Annotated[bool, _opt("json", help="Print one JSON object per file.")] = False,
 ) -> None:
     from deepspeech_core.audio import AudioError
-    from deepspeech_core.export import ExportedModel
+    from deepspeech_core.config import DecoderConfig
+    from deepspeech_core.decoding import DecoderError
+    from deepspeech_core.export_store import ExportStoreError
+    from deepspeech_core.transcriber import TFLITE_FILES, Transcriber
 
+    if backend not in ("saved_model", *TFLITE_FILES):
+        raise typer.BadParameter(
+            "choose saved_model, tflite or tflite_quant", param_hint="--backend"
+        )
+    given = {"beam_width": beam_width, "scorer_path": scorer_path}
+    given |= {"lm_alpha": lm_alpha, "lm_beta": lm_beta}
     try:
-        exported = ExportedModel(model)
-    except FileNotFoundError as exc:
+        decoder = DecoderConfig(**{k: v for k, v in given.items() if v is not None})
+        transcriber = Transcriber(model, backend, decoder)  # type: ignore[arg-type]
+    except (FileNotFoundError, ExportStoreError, DecoderError, ValueError) as exc:
         raise typer.BadParameter(str(exc), param_hint="--model") from exc
     failed = 0
     for path in files:
+        started = time.monotonic()
         try:
-            text = exported.transcribe_file(path)
+            text = transcriber.transcribe_file(path)
         except AudioError as exc:
             failed += 1
             typer.echo(f"{path}: cannot read audio ({exc})", err=True)
             continue
-        typer.echo(
-            json.dumps({"file": str(path), "text": text}) if json_output else f"{path}\t{text}"
-        )
+        seconds = time.monotonic() - started
+        record = {"file": str(path), "text": text, "seconds": round(seconds, 3)}
+        typer.echo(json.dumps(record) if json_output else f"{path}\t{text}")
     if failed:
         raise typer.Exit(code=1)
 

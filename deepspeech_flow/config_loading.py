@@ -57,7 +57,27 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "dropout_rate6": ("model", "dropout_rate6"),
     "test_batch_size": ("evaluation", "test_batch_size"),
     "report_count": ("evaluation", "report_count"),
+    "beam_width": ("evaluation", "beam_width"),
+    "scorer_path": ("evaluation", "scorer_path"),
+    "lm_alpha": ("evaluation", "lm_alpha"),
+    "lm_beta": ("evaluation", "lm_beta"),
+    "test_output_file": ("evaluation", "test_output_file"),
     "export_dir": ("export", "export_dir"),
+    "export_tflite": ("export", "export_tflite"),
+    **{
+        f"export_{name}": ("export", f"export_{name}")
+        for name in (
+            "author_id",
+            "model_name",
+            "model_version",
+            "contact_info",
+            "license",
+            "language",
+            "min_ds_version",
+            "max_ds_version",
+            "description",
+        )
+    },
     "task_runner": ("execution", "task_runner"),
     "dask_address": ("execution", "dask_address"),
     "workers": ("execution", "workers"),
@@ -66,7 +86,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
 
 
 # Other spellings DeepSpeech users type.
-FLAG_ALIASES: dict[str, tuple[str, ...]] = {"seed": ("random_seed",)}
+FLAG_ALIASES: dict[str, tuple[str, ...]] = {"seed": ("random_seed",), "scorer_path": ("scorer",)}
 
 
 def split_files(value: str | None) -> list[str] | None:

@@ -1,4 +1,4 @@
-"""The train-cv flow: validate -> features -> train -> evaluate -> export.
+"""The train-cv flow: validate -> features -> train -> evaluate -> export (+ promotion).
 
 Each stage is one task run; every stage is safe to rerun (fingerprints skip done work,
 training resumes from its newest checkpoint), so running the flow again on the same
@@ -7,19 +7,29 @@ work directory is how an interrupted run is continued.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
+from pathlib import Path
+from typing import Literal
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from deepspeech_core import export_store
 from deepspeech_core.config import STAGES, PipelineConfig, Stage
-from deepspeech_core.manifests import PipelineResult
+from deepspeech_core.locking import workdir_lock
+from deepspeech_core.manifests import FeatureCacheManifest, PipelineResult
+from deepspeech_core.promotion import comparison_markdown, decide
+from deepspeech_core.training_runs import checkpoint_dir_for, has_trained_model, latest_trained
 from tasks.evaluate import evaluate_model_task
 from tasks.export import export_model_task
 from tasks.features import build_feature_cache_stage
-from tasks.train import has_trained_model, train_model_task
+from tasks.train import train_model_task
 from tasks.validate import validate_corpus_task
+
+RetrainFrom = Literal["current", "scratch"]
 
 
 def _run_name() -> str:
@@ -40,40 +50,129 @@ def _run_name() -> str:
     return f"train-cv-{source}-{datetime.now():%Y%m%d-%H%M}"
 
 
+def _with_checkpoint_dir(config: PipelineConfig, checkpoint_dir: Path) -> PipelineConfig:
+    training = config.training.model_copy(update={"checkpoint_dir": checkpoint_dir})
+    return config.model_copy(update={"training": training})
+
+
+def _checkpoint_dir(
+    config: PipelineConfig, features: FeatureCacheManifest, reuse_trained_model: bool
+) -> Path:
+    """The training's directory: the user's --checkpoint_dir, else one per training data.
+
+    Evaluating or exporting without training data (e.g. only --test_files) uses the
+    newest training in the work directory.
+    """
+    if config.training.checkpoint_dir is not None:
+        return config.training.checkpoint_dir
+    root = config.workdir / "checkpoints"
+    if has_trained_model(root):  # a work directory from before per-data trainings
+        return root
+    own = checkpoint_dir_for(root, features)
+    if reuse_trained_model and not has_trained_model(own):
+        return latest_trained(root) or own
+    return own
+
+
+def _warm_start(config: PipelineConfig, retrain_from: RetrainFrom) -> PipelineConfig:
+    """A new training starts from the exported model in use unless told otherwise."""
+    current = export_store.current(config.export_dir)
+    if (
+        retrain_from == "scratch"
+        or current is None
+        or config.training.load_checkpoint_dir is not None
+        or has_trained_model(config.checkpoint_dir)
+    ):
+        return config
+    print(f"warm start: the new training starts from the current model {current.name}")
+    training = config.training.model_copy(update={"load_checkpoint_dir": current / "checkpoint"})
+    return config.model_copy(update={"training": training})
+
+
+def _export_with_promotion(config: PipelineConfig, result: PipelineResult, has_test: bool):
+    """Evaluate the current model on the same test set; export, promote if no worse."""
+    current = export_store.current(config.export_dir)
+    champion = None
+    if current is not None:
+        exported_from = json.loads((current / "metadata.json").read_text()).get("checkpoint")
+        if result.evaluation and exported_from == str(result.evaluation.checkpoint):
+            print(f"the current model {current.name} is this training's best checkpoint")
+            return None
+        if has_test:
+            champion = evaluate_model_task(
+                config, result.features, current / "checkpoint", label="champion"
+            )
+    decision = decide(result.evaluation, champion)
+    exported = export_model_task(
+        config,
+        result.evaluation,
+        result.corpus,
+        result.features,
+        promote=decision.promote,
+        reason=decision.reason,
+    )
+    create_markdown_artifact(
+        key="promotion",
+        markdown=comparison_markdown(
+            result.evaluation,
+            champion,
+            decision,
+            exported.version,
+            current.name if current else None,
+        ),
+        description="Champion/challenger: was the new model promoted?",
+    )
+    return exported
+
+
 @flow(name="train-cv", flow_run_name=_run_name, log_prints=True)
 def train_cv(
     config: PipelineConfig | None = None,
     target: Stage = "export",
     reuse_trained_model: bool = False,
+    retrain_from: RetrainFrom = "current",
 ) -> PipelineResult:
     """Run the pipeline up to `target`.
 
-    With `reuse_trained_model`, an existing trained model in the checkpoint directory
-    is evaluated/exported as it is (the `evaluate` and `export` commands); otherwise
-    training runs, and continues from the newest checkpoint when there is one.
+    With `reuse_trained_model`, an existing trained model is evaluated/exported as it is
+    (the `evaluate` and `export` commands); otherwise training runs, continuing from its
+    newest checkpoint when there is one. A new training (new data) starts from the
+    exported model in use (`retrain_from="current"`) or from scratch. The new model
+    replaces `export/current` only if its test WER is no worse than the current one's.
     """
     config = (config or PipelineConfig()).resolved()
+    with workdir_lock(config.workdir):
+        return _run(config, target, reuse_trained_model, retrain_from)
+
+
+def _run(
+    config: PipelineConfig, target: Stage, reuse_trained_model: bool, retrain_from: RetrainFrom
+) -> PipelineResult:
     result = PipelineResult()
     last = STAGES.index(target)
 
-    def timed(stage: str, fn, *args):
+    def timed(stage: str, fn, *args, **kwargs):
         started = time.monotonic()
-        out = fn(*args)
+        out = fn(*args, **kwargs)
         result.stage_seconds[stage] = round(time.monotonic() - started, 2)
         return out
 
-    result.corpus = timed("validate", validate_corpus_task, config)
+    result.corpus = timed("validate", validate_corpus_task, config, retrain_from == "current")
     if last >= STAGES.index("features"):
         result.features = timed("features", build_feature_cache_stage, config, result.corpus)
     if last >= STAGES.index("train"):
+        config = _with_checkpoint_dir(
+            config, _checkpoint_dir(config, result.features, reuse_trained_model)
+        )
         if target == "train" or not (
             reuse_trained_model and has_trained_model(config.checkpoint_dir)
         ):
+            config = _warm_start(config, retrain_from)
             train_task = train_model_task.with_options(retries=config.training.train_retries)
             result.training = timed("train", train_task, config, result.features)
-    has_test = "test" in result.features.indexes
+    has_test = "test" in result.features.indexes if result.features else False
     if last >= STAGES.index("evaluate") and (has_test or target == "evaluate"):
         result.evaluation = timed("evaluate", evaluate_model_task, config, result.features)
     if last >= STAGES.index("export"):
-        result.export = timed("export", export_model_task, config, result.evaluation)
+        result.export = timed("export", _export_with_promotion, config, result, has_test)
     return result

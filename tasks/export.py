@@ -1,4 +1,4 @@
-"""Stage 5: export the best model."""
+"""Stage 5: export the new model as a version; promote it if it is no worse."""
 
 from __future__ import annotations
 
@@ -6,24 +6,75 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.config import PipelineConfig
+from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.export import export_model
-from deepspeech_core.manifests import EvaluationManifest, ExportManifest
+from deepspeech_core.manifests import (
+    CorpusManifest,
+    EvaluationManifest,
+    ExportManifest,
+    FeatureCacheManifest,
+)
 from tasks.reporting import core_logs_to_run_log
+
+VERIFY_CLIPS = 8  # real clips the TFLite models are checked on
+
+
+def verification_clips(features: FeatureCacheManifest, count: int = VERIFY_CLIPS) -> list:
+    """MFCCs of a few real clips (test, else dev, else train) to check conversions with."""
+    for split in ("test", "dev", "train"):
+        if split in features.indexes:
+            index = SplitIndex.load(features.indexes[split], Alphabet.load(features.alphabet_path))
+            if len(index):
+                return [index.features(i) for i in range(min(count, len(index)))]
+    return []
 
 
 @task(name="export_model", task_run_name="export-model", cache_policy=NO_CACHE)
 def export_model_task(
-    config: PipelineConfig, evaluation: EvaluationManifest | None
+    config: PipelineConfig,
+    evaluation: EvaluationManifest | None,
+    corpus: CorpusManifest | None = None,
+    features: FeatureCacheManifest | None = None,
+    promote: bool = True,
+    reason: str = "",
 ) -> ExportManifest:
-    with core_logs_to_run_log():
-        manifest = export_model(config.checkpoint_dir, config.export_dir, evaluation)
-    create_markdown_artifact(
-        key="export",
-        markdown=(
-            f"**Exported** `{manifest.saved_model}` ({manifest.size_bytes / 1e6:.1f} MB)\n\n"
-            f"Try it: `deepspeech-flow transcribe --model {manifest.export_dir} clip.wav`"
-        ),
-        description="Export summary",
-    )
+    with core_logs_to_run_log() as log:
+        clips = verification_clips(features) if features else []
+        manifest = export_model(
+            config.checkpoint_dir,
+            config.export_dir,
+            config.export,
+            evaluation,
+            corpus,
+            clips,
+            promote=promote,
+        )
+        if reason:
+            log.info("%s %s: %s", manifest.version, "promoted" if promote else "kept", reason)
+    manifest = manifest.model_copy(update={"promotion_reason": reason})
+    create_markdown_artifact(key="export", markdown=export_markdown(manifest), description="Export")
     return manifest
+
+
+def export_markdown(m: ExportManifest) -> str:
+    status = (
+        f"promoted: `{m.current}` -> {m.version}"
+        if m.promoted
+        else f"**not promoted** ({m.promotion_reason})"
+    )
+    lines = [
+        f"**Exported {m.version}** to `{m.export_dir}`, {status}",
+        "",
+        "| file | size | max abs logit diff vs Keras |",
+        "|---|---:|---:|",
+        f"| saved_model/ | {m.size_bytes / 1e6:.1f} MB | (same graph) |",
+        *(
+            f"| {name} | {m.tflite_sizes[name] / 1e6:.2f} MB | {m.tflite_max_diff[name]:.2e} |"
+            for name in m.tflite
+        ),
+        "",
+        f"Try it: `deepspeech-flow transcribe --model {m.export_dir.parent} clip.wav`",
+    ]
+    return "\n".join(lines)

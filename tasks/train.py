@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import time
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import (
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -15,16 +16,9 @@ from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
 from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
+from deepspeech_core.plots import plot_loss
 from deepspeech_core.training import Progress, train
 from tasks.reporting import core_logs_to_run_log
-
-
-def has_trained_model(checkpoint_dir: Path) -> bool:
-    """True when `checkpoint_dir` holds a model description and at least one checkpoint."""
-    d = Path(checkpoint_dir)
-    return (d / "model.json").is_file() and any(
-        (d / sub / "checkpoint").is_file() for sub in ("best", "train")
-    )
 
 
 class _ProgressReporter:
@@ -51,6 +45,27 @@ class _ProgressReporter:
             )
 
 
+def _loss_curve_artifact(config: PipelineConfig, manifest: TrainedModelManifest) -> None:
+    """The loss PNG, shown inline in the UI, with where it and TensorBoard's logs are."""
+    if not manifest.train_loss_history:
+        return
+    png = plot_loss(
+        manifest.train_loss_history,
+        manifest.dev_loss_history,
+        config.workdir / "reports" / "loss.png",
+        title=f"{manifest.checkpoint_dir.name}: {manifest.epochs} epoch(s)",
+    )
+    image = base64.b64encode(png.read_bytes()).decode("ascii")
+    create_markdown_artifact(
+        key="training-loss-curve",
+        markdown=(
+            f"![loss per epoch](data:image/png;base64,{image})\n\n"
+            f"PNG: `{png}`  \nTensorBoard: `tensorboard --logdir {config.workdir / 'tensorboard'}`"
+        ),
+        description="Loss curve",
+    )
+
+
 @task(name="train_model", task_run_name="train-model", cache_policy=NO_CACHE, retry_delay_seconds=5)
 def train_model_task(
     config: PipelineConfig, features: FeatureCacheManifest
@@ -67,7 +82,10 @@ def train_model_task(
         )
         if manifest.resumed_from_step:
             log.info("this attempt resumed from step %d", manifest.resumed_from_step)
+        if manifest.initialized_from is not None:
+            log.info("this training started from the weights of %s", manifest.initialized_from)
     dev = manifest.dev_loss_history
+    _loss_curve_artifact(config, manifest)
     create_table_artifact(
         key="training-loss",
         table=[

@@ -9,22 +9,27 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from deepspeech_core import export_store
 from deepspeech_core.config import PipelineConfig
 from deepspeech_core.corpus import REASONS, validate_corpus
 from deepspeech_core.manifests import CorpusManifest
 from tasks.reporting import core_logs_to_run_log
 
 
-def alphabet_for(config: PipelineConfig) -> Path | None:
+def alphabet_for(config: PipelineConfig, from_current_export: bool = True) -> Path | None:
     """The alphabet to validate against: the configured one, else an existing model's.
 
-    A checkpoint directory that already holds a model fixes the characters it can write,
-    so resuming or evaluating it must not derive a different alphabet from new data.
+    A model fixes the characters it can write, so continuing it (a checkpoint directory
+    given by the user, or the exported model a retraining warm-starts from) must not
+    derive a different alphabet from new data; a training from scratch derives its own.
     """
     if config.corpus.alphabet_config_path is not None:
         return config.corpus.alphabet_config_path
-    from_checkpoint = config.checkpoint_dir / "alphabet.txt"
-    return from_checkpoint if from_checkpoint.is_file() else None
+    candidates = [config.checkpoint_dir / "alphabet.txt"]
+    current = export_store.current(config.export_dir)
+    if from_current_export and current is not None:
+        candidates.append(current / "alphabet.txt")
+    return next((p for p in candidates if p.is_file()), None)
 
 
 def _report_artifacts(manifest: CorpusManifest) -> None:
@@ -74,11 +79,12 @@ def _report_artifacts(manifest: CorpusManifest) -> None:
 
 
 @task(name="validate_corpus", task_run_name="validate-corpus", cache_policy=NO_CACHE)
-def validate_corpus_task(config: PipelineConfig) -> CorpusManifest:
+def validate_corpus_task(
+    config: PipelineConfig, alphabet_from_current_export: bool = True
+) -> CorpusManifest:
     with core_logs_to_run_log() as log:
-        manifest = validate_corpus(
-            config.corpus, config.features, config.workdir, alphabet_for(config)
-        )
+        alphabet = alphabet_for(config, alphabet_from_current_export)
+        manifest = validate_corpus(config.corpus, config.features, config.workdir, alphabet)
         if manifest.reused:
             log.info("corpus unchanged: reused the validation of an earlier run")
     _report_artifacts(manifest)

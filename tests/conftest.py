@@ -31,14 +31,14 @@ def sigkill_when(proc, ready, timeout: float, what: str, group: bool = False) ->
     proc.wait()
 
 
-def tiny_config(workdir: Path, corpus: Path, **training):
+def tiny_config(workdir: Path, corpus: Path, n_hidden: int = 32, **training):
     from deepspeech_core.config import PipelineConfig
 
     return PipelineConfig.model_validate(
         {
             "workdir": str(workdir),
             "corpus": {"corpus": str(corpus), "import_workers": 1},
-            "model": {"n_hidden": 32, "dropout_rate": 0.05},
+            "model": {"n_hidden": n_hidden, "dropout_rate": 0.05},
             "training": {
                 "epochs": 2,
                 "train_batch_size": 8,
@@ -47,7 +47,7 @@ def tiny_config(workdir: Path, corpus: Path, **training):
                 "checkpoint_steps": 3,
                 **training,
             },
-            "evaluation": {"test_batch_size": 8, "report_count": 1},
+            "evaluation": {"test_batch_size": 8, "report_count": 1, "beam_width": 1},
         }
     ).resolved()
 
@@ -72,6 +72,30 @@ def trained(tmp_path_factory, tiny_cv):
     from deepspeech_core.training import train
 
     cfg = tiny_config(tmp_path_factory.mktemp("work"), tiny_cv)
+    corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
+    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    model = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    return cfg, corpus, features, model
+
+
+@pytest.fixture(scope="session")
+def speaking_model(tmp_path_factory):
+    """A 120-clip corpus and a model that has learnt to say something (greedy WER ~0.8).
+
+    The tiny `trained` model mostly outputs blanks; tests that compare transcripts or
+    show that a language model helps need one whose output is partly right.
+    """
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox are needed to make the test corpus (make setup)")
+    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.demo_corpus import make_demo_corpus
+    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.training import train
+
+    cv = make_demo_corpus(tmp_path_factory.mktemp("cv120"), count=120, seed=3)
+    cfg = tiny_config(
+        tmp_path_factory.mktemp("speaking"), cv, n_hidden=128, epochs=25, learning_rate=0.002
+    )
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
     features = build_feature_cache(corpus, cfg.features, cfg.workdir)
     model = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)

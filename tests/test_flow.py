@@ -28,6 +28,8 @@ TINY = [
     "3",
     "--seed",
     "7",
+    "--beam_width",
+    "16",
 ]
 
 
@@ -53,17 +55,20 @@ def test_every_output_exists_and_is_well_formed(full_run):
     rejected = pd.read_csv(corpus / "rejected.csv")
     assert list(rejected.columns) == ["source", "line", "wav_filename", "reason", "detail"]
     assert any((workdir / "features").rglob("*.npy"))
-    assert (workdir / "checkpoints" / "model.json").is_file()
-    assert (workdir / "checkpoints" / "train" / "checkpoint").is_file()
+    (training,) = (workdir / "checkpoints").iterdir()  # one training, named by its data
+    assert (training / "model.json").is_file()
+    assert (training / "train" / "checkpoint").is_file()
+    assert (workdir / "reports" / "loss.png").read_bytes().startswith(b"\x89PNG")
     evaluation = json.loads((workdir / "reports" / "evaluation.json").read_text())
     assert {"wer", "cer", "loss", "samples"} <= set(evaluation) and evaluation["samples"] > 0
     samples = json.loads((workdir / "reports" / "test_output.json").read_text())
     assert len(samples) == evaluation["samples"]
     assert {"wav_filename", "src", "res", "loss", "cer", "wer"} <= set(samples[0])
-    export = workdir / "export"
+    export = workdir / "export" / "current"
+    assert export.resolve().name == "v1"
     assert (export / "saved_model" / "saved_model.pb").is_file()
     assert json.loads((export / "metadata.json").read_text())["n_hidden"] == 32
-    assert (export / "alphabet.txt").is_file()
+    assert (export / "alphabet.txt").is_file() and (export / "model.tflite").is_file()
 
 
 def test_rerun_reuses_every_stage(full_run, tiny_cv):
@@ -75,6 +80,8 @@ def test_rerun_reuses_every_stage(full_run, tiny_cv):
     assert result.features.computed == 0
     assert result.training.resumed_from_step == result.training.steps  # nothing left to train
     assert set(result.stage_seconds) == {"validate", "features", "train", "evaluate", "export"}
+    assert result.export is None, "the current export already holds this model"
+    assert [p.name for p in (workdir / "export").glob("v*")] == ["v1"]
 
 
 def test_evaluate_new_clips_with_a_trained_model(full_run, tmp_path):
@@ -100,7 +107,7 @@ def test_evaluate_new_clips_with_a_trained_model(full_run, tmp_path):
             "--test_files",
             str(csv_path),
             "--checkpoint_dir",
-            str(workdir / "checkpoints"),
+            str(next((workdir / "checkpoints").iterdir())),
             "--workdir",
             str(other),
         ],
@@ -168,8 +175,11 @@ def test_each_stage_left_artifacts(full_run):
         "feature-cache",
         "training-progress",
         "training-loss",
+        "training-loss-curve",
         "evaluation",
+        "evaluation-samples",
         "export",
+        "promotion",
     ]
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
@@ -178,6 +188,8 @@ def test_each_stage_left_artifacts(full_run):
     assert {a.key for a in found} == set(keys)
     table = next(a for a in found if a.key == "corpus-validation")
     assert "too_short" in str(table.data) and "dur_median_s" in str(table.data)
+    curve = next(a for a in found if a.key == "training-loss-curve")
+    assert "data:image/png;base64," in str(curve.data)
 
 
 def test_feature_shards_run_on_a_dask_cluster(tiny_cv, tmp_path):
@@ -259,10 +271,10 @@ def test_killed_run_resumes_when_the_flow_is_run_again(tiny_cv, tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    state = workdir / "checkpoints" / "train" / "checkpoint"
 
     def checkpointed_step_10() -> bool:
-        text = state.read_text() if state.is_file() else ""
+        state = next((workdir / "checkpoints").glob("*/train/checkpoint"), None)
+        text = state.read_text() if state else ""
         return "ckpt-" in text and int(text.split('"')[1].rsplit("-", 1)[1]) >= 10
 
     sigkill_when(proc, checkpointed_step_10, 240, "training", group=True)

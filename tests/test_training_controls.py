@@ -11,7 +11,7 @@ import pytest
 
 from deepspeech_core.checkpoints import load_model
 from deepspeech_core.devices import DeviceError, preflight
-from deepspeech_core.locking import TrainingLockedError, training_lock
+from deepspeech_core.locking import LockedError, training_lock
 from deepspeech_core.training import train
 from deepspeech_core.training_state import CheckpointStateError
 
@@ -20,7 +20,7 @@ def test_a_second_training_is_refused_while_the_first_lives(tmp_path):
     with training_lock(tmp_path):
         holder = json.loads((tmp_path / "train.lock").read_text())
         assert holder["pid"] == os.getpid()
-        with pytest.raises(TrainingLockedError, match=f"pid {os.getpid()}"):
+        with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
             with training_lock(tmp_path):
                 pass
     assert not (tmp_path / "train.lock").exists()
@@ -43,7 +43,7 @@ def test_a_stale_lock_from_a_dead_process_is_taken_over(tmp_path):
 def test_train_holds_the_lock(trained):
     cfg, _, features, _ = trained
     with training_lock(cfg.checkpoint_dir):
-        with pytest.raises(TrainingLockedError):
+        with pytest.raises(LockedError):
             train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
 
 

@@ -1,0 +1,145 @@
+"""CTC decoders: greedy, beam search, and beam search with a KenLM language model.
+
+Decoders take one utterance's logits [time, classes] (the blank is the last class, as in
+DeepSpeech) and return text. Greedy is the best path (argmax per frame); LM-free beam
+search is TensorFlow's `tf.nn.ctc_beam_search_decoder`; with a language model the beam
+search is pyctcdecode's over a KenLM model (an ARPA file or a KenLM binary), with
+DeepSpeech's lm_alpha/lm_beta meaning: score = log P(acoustic) + alpha * ln P_LM(words)
++ beta * words.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import tensorflow as tf
+
+from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.config import DecoderConfig
+
+log = logging.getLogger(__name__)
+
+
+class DecoderError(ValueError):
+    """A decoder cannot be built as asked; the message says what to do."""
+
+
+class Decoder(Protocol):
+    name: str
+
+    def decode(self, logits: np.ndarray) -> str:
+        """Text of one utterance from its logits [time, classes]."""
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class GreedyDecoder:
+    """Best path: the most likely class per frame, repeats merged, blanks dropped."""
+
+    alphabet: Alphabet
+    name: str = "greedy"
+
+    def decode(self, logits: np.ndarray) -> str:
+        best = np.asarray(logits).argmax(axis=-1)
+        keep = np.ones_like(best, bool)
+        keep[1:] = best[1:] != best[:-1]
+        return self.alphabet.decode(int(c) for c in best[keep] if c != self.alphabet.blank_index)
+
+
+@dataclass
+class BeamSearchDecoder:
+    """TensorFlow's CTC beam search, no language model."""
+
+    alphabet: Alphabet
+    beam_width: int
+    name: str = "beam"
+
+    def decode(self, logits: np.ndarray) -> str:
+        logits = np.asarray(logits, np.float32)
+        decoded, _ = tf.nn.ctc_beam_search_decoder(
+            logits[:, np.newaxis, :], [logits.shape[0]], beam_width=self.beam_width, top_paths=1
+        )
+        return self.alphabet.decode(int(v) for v in decoded[0].values.numpy())
+
+
+class LMBeamSearchDecoder:
+    """pyctcdecode's beam search over a KenLM model (ARPA text or KenLM binary)."""
+
+    name = "beam+lm"
+
+    def __init__(
+        self,
+        alphabet: Alphabet,
+        scorer_path: Path,
+        beam_width: int,
+        alpha: float,
+        beta: float,
+    ) -> None:
+        import kenlm
+        from pyctcdecode import Alphabet as LabelSet
+        from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
+        from pyctcdecode.alphabet import verify_alphabet_coverage
+        from pyctcdecode.language_model import load_unigram_set_from_arpa
+
+        scorer_path = Path(scorer_path)
+        if not scorer_path.is_file():
+            raise DecoderError(f"--scorer_path {scorer_path} does not exist")
+        if " " not in alphabet.characters:
+            raise DecoderError("a word language model needs the space in the alphabet")
+        try:
+            language_model = kenlm.Model(str(scorer_path))
+        except (OSError, RuntimeError) as e:
+            raise DecoderError(
+                f"--scorer_path {scorer_path} is not an ARPA file or a KenLM binary ({e}). "
+                "A DeepSpeech .scorer package wraps a KenLM binary with a trie: pass the "
+                "lm.binary (or the ARPA) that generate_lm.py made instead."
+            ) from e
+        labels = LabelSet.build_alphabet([*alphabet.characters, ""])
+        unigrams = None
+        if _is_arpa(scorer_path):
+            unigrams = load_unigram_set_from_arpa(str(scorer_path))
+            verify_alphabet_coverage(labels, unigrams)
+        else:
+            log.warning(
+                "%s is a KenLM binary: without the ARPA's word list partial words are not "
+                "scored against the vocabulary (pass the ARPA for the best accuracy)",
+                scorer_path,
+            )
+        self.beam_width = beam_width
+        self._decoder = BeamSearchDecoderCTC(
+            labels, LanguageModel(language_model, unigrams, alpha=alpha, beta=beta)
+        )
+
+    def decode(self, logits: np.ndarray) -> str:
+        return self._decoder.decode(
+            _log_softmax(np.asarray(logits, np.float32)), beam_width=self.beam_width
+        )
+
+
+def _is_arpa(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip().startswith(b"\\data\\")
+
+
+def make_decoder(alphabet: Alphabet, cfg: DecoderConfig) -> Decoder:
+    """The decoder `cfg` asks for: greedy when beam_width <= 1, else beam, +LM with a scorer."""
+    if cfg.scorer_path is not None:
+        return LMBeamSearchDecoder(
+            alphabet, cfg.scorer_path, max(cfg.beam_width, 1), cfg.lm_alpha, cfg.lm_beta
+        )
+    if cfg.beam_width <= 1:
+        return GreedyDecoder(alphabet)
+    return BeamSearchDecoder(alphabet, cfg.beam_width)
+
+
+def decode_all(decoder: Decoder, logits: Sequence[np.ndarray]) -> list[str]:
+    return [decoder.decode(x) for x in logits]

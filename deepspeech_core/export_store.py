@@ -1,0 +1,103 @@
+"""Versioned exports: EXPORT_DIR/v1, v2, ... and EXPORT_DIR/current -> the model in use.
+
+    EXPORT_DIR/v3/            one complete export (saved_model/, *.tflite, metadata, ...)
+    EXPORT_DIR/current        symlink to the promoted version (what `transcribe` uses)
+    EXPORT_DIR/.v4.staging-*  an export being written (removed if found stale)
+
+A version is written under a staging name and renamed into place in one step, and
+`current` is replaced by an atomic symlink rename, so an interrupted export never leaves
+half a model where a complete one is expected and never moves `current`. Versions are
+never overwritten: a model that was not promoted stays beside the one in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CURRENT = "current"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+class ExportStoreError(ValueError):
+    """The export directory cannot be used as asked; the message says what to do."""
+
+
+def versions(root: Path) -> list[Path]:
+    """Complete versions under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _VERSION.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def current(root: Path) -> Path | None:
+    """The promoted version, or None before the first promotion."""
+    link = Path(root) / CURRENT
+    return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
+def clean_stale_staging(root: Path) -> int:
+    """Remove what interrupted exports left; returns how many."""
+    root = Path(root)
+    stale = list(root.glob(".v*.staging-*")) if root.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
+
+
+def new_staging(root: Path) -> tuple[Path, str]:
+    """(staging directory, version name it will become)."""
+    root = Path(root)
+    if (root / "saved_model").is_dir():
+        raise ExportStoreError(
+            f"{root} holds an unversioned export (saved_model/ directly inside): move it "
+            "away or give another --export_dir; exports are now kept as versions v1, v2, ..."
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    existing = versions(root)
+    number = int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1
+    name = f"v{number}"
+    return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root)), name
+
+
+def commit(staging: Path, name: str) -> Path:
+    """Rename a finished staging directory to its version name (one atomic step)."""
+    target = staging.parent / name
+    if target.exists():
+        raise ExportStoreError(f"{target} already exists: another export ran at the same time")
+    staging.rename(target)
+    return target
+
+
+def promote(root: Path, version: Path) -> Path:
+    """Point `current` at `version` with an atomic rename of a new symlink."""
+    root = Path(root)
+    link = root / CURRENT
+    tmp = root / f".{CURRENT}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path(version).name)  # relative: the directory can be moved as a whole
+    os.replace(tmp, link)
+    log.info("%s now points to %s", link, Path(version).name)
+    return link
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """The export version a user means: a version directory, or a root's `current`."""
+    path = Path(path)
+    if (path / "metadata.json").is_file():
+        return path
+    promoted = current(path)
+    if promoted is not None:
+        return promoted
+    raise ExportStoreError(
+        f"{path} is not an exported model: pass an export directory that has `current` "
+        "(or one of its versions, e.g. EXPORT_DIR/v2) from a finished run"
+    )

@@ -1,0 +1,59 @@
+"""Champion/challenger: does a newly trained model replace the one in use?
+
+The new model (challenger) replaces `export/current` (champion) only when its test WER
+is no worse than the champion's on the same test clips with the same decoder, both
+evaluated in the same run. Otherwise the new export is kept beside it, unpromoted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deepspeech_core.manifests import EvaluationManifest
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide(challenger: EvaluationManifest | None, champion: EvaluationManifest | None) -> Decision:
+    if champion is None:
+        return Decision(True, "there is no current model yet")
+    if challenger is None:
+        return Decision(False, "the new model has no test results to compare (no test split)")
+    if challenger.samples != champion.samples:
+        return Decision(False, "the two evaluations did not cover the same test clips")
+    if challenger.wer <= champion.wer:
+        return Decision(
+            True,
+            f"its test WER {challenger.wer:.4f} is no worse than the current model's "
+            f"{champion.wer:.4f} on the same {challenger.samples} clips",
+        )
+    return Decision(
+        False,
+        f"its test WER {challenger.wer:.4f} is worse than the current model's "
+        f"{champion.wer:.4f} on the same {challenger.samples} clips",
+    )
+
+
+def comparison_markdown(
+    challenger: EvaluationManifest | None,
+    champion: EvaluationManifest | None,
+    decision: Decision,
+    new_version: str,
+    current_version: str | None,
+) -> str:
+    """The promotion decision and the two models' figures side by side."""
+    verdict = "promoted to `current`" if decision.promote else "kept, **not promoted**"
+    lines = [f"**New model {new_version}: {verdict}**, because {decision.reason}.", ""]
+    lines += ["| model | WER | CER | loss | clips | checkpoint |", "|---|---:|---:|---:|---:|---|"]
+    rows = ((f"new ({new_version})", challenger), (f"current ({current_version})", champion))
+    for name, m in rows:
+        if m is not None:
+            lines.append(
+                f"| {name} | {m.wer:.4f} | {m.cer:.4f} | {m.loss:.3f} | {m.samples} | "
+                f"`{m.checkpoint}` |"
+            )
+    return "\n".join(lines)

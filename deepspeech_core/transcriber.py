@@ -1,0 +1,72 @@
+"""Transcribing audio files with an exported model (SavedModel or streaming TFLite).
+
+Audio is read, downmixed and resampled exactly as the training data was; the model's
+logits are decoded with the same decoders as the evaluate stage, so an exported model
+transcribes a clip as evaluation did. The TFLite path feeds the model one window of
+`n_steps` frames at a time with its LSTM state carried over, as DeepSpeech's streaming
+client does, so a long recording needs no more model memory than a short one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import tensorflow as tf
+
+from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.audio import read_audio
+from deepspeech_core.config import DecoderConfig, FeatureConfig
+from deepspeech_core.decoding import make_decoder
+from deepspeech_core.export_store import resolve_model_dir
+from deepspeech_core.features import audio_to_mfccs, pcm16_to_float
+
+Backend = Literal["saved_model", "tflite", "tflite_quant"]
+TFLITE_FILES = {"tflite": "model.tflite", "tflite_quant": "model.quant.tflite"}
+
+
+class Transcriber:
+    """An exported model plus a decoder; `transcribe_file` is the whole job."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        backend: Backend = "saved_model",
+        decoder: DecoderConfig | None = None,
+    ) -> None:
+        self.model_dir = resolve_model_dir(Path(model_dir))
+        self.metadata = json.loads((self.model_dir / "metadata.json").read_text())
+        self.features = FeatureConfig.model_validate(self.metadata["features"])
+        self.sample_rate = self.features.audio_sample_rate
+        self.alphabet = Alphabet(self.metadata["alphabet"])
+        self.decoder = make_decoder(self.alphabet, decoder or DecoderConfig(beam_width=1))
+        self.backend = backend
+        if backend == "saved_model":
+            self._saved = tf.saved_model.load(str(self.model_dir / "saved_model"))
+        else:
+            from deepspeech_core.tflite_export import TFLiteStreamer
+
+            path = self.model_dir / TFLITE_FILES[backend]
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} does not exist: this export has no {backend} model (exported "
+                    "with --no_export_tflite?); use --backend saved_model"
+                )
+            self._streamer = TFLiteStreamer(path)
+
+    def logits(self, samples: np.ndarray) -> np.ndarray:
+        """[frames, classes] for float samples in [-1, 1) at the model's sample rate."""
+        samples = np.asarray(samples, np.float32)
+        if self.backend == "saved_model":
+            return self._saved.serve(tf.constant(samples))["logits"].numpy()
+        mfccs = audio_to_mfccs(tf.constant(samples), self.features).numpy()
+        return self._streamer.logits(mfccs)
+
+    def transcribe_samples(self, pcm16: np.ndarray) -> str:
+        return self.decoder.decode(self.logits(pcm16_to_float(pcm16)))
+
+    def transcribe_file(self, path: Path) -> str:
+        """Any format SoX/libsndfile reads, resampled and downmixed as training data was."""
+        return self.transcribe_samples(read_audio(Path(path), self.sample_rate).samples)
