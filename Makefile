@@ -9,25 +9,26 @@ STAMP := $(VENV)/.installed
 # tensorflow-cpu here; `make setup TF_EXTRA=gpu` installs tensorflow[and-cuda] instead.
 TF_EXTRA ?= cpu
 DEMO_DIR ?= demo-data
+PYCTCDECODE_VERSION := 0.5.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup system-deps demo test bench lint clean lock
+.PHONY: setup system-deps demo test bench lint clean lock serve stop
 
 setup: system-deps $(STAMP)
 
 # sox with mp3 support (Common Voice clips) and espeak-ng (demo and test corpora).
 system-deps:
-	@if command -v sox >/dev/null && command -v espeak-ng >/dev/null \
+	@if command -v sox >/dev/null && command -v espeak-ng >/dev/null && command -v g++ >/dev/null \
 	    && sox -h 2>/dev/null | grep -q 'AUDIO FILE FORMATS:.* mp3'; then \
 	  echo "system packages: sox (mp3), espeak-ng present"; \
 	else \
-	  echo "installing sox, libsox-fmt-mp3, espeak-ng"; \
+	  echo "installing sox, libsox-fmt-mp3, espeak-ng, g++ (kenlm builds from source)"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    sox libsox-fmt-mp3 espeak-ng >/dev/null; \
+	    sox libsox-fmt-mp3 espeak-ng g++ make zlib1g-dev >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml constraints.txt
@@ -35,6 +36,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(TF_EXTRA),dev]"
+	# pyctcdecode 0.5 (the LM beam search) declares numpy<2 but runs on numpy 2 (tested in
+	# tests/test_decoding.py); installed without its pins, its one runtime dependency
+	# (pygtrie) is in pyproject.toml.
+	$(BIN)/pip install -q --no-deps "pyctcdecode==$(PYCTCDECODE_VERSION)"
 	touch $(STAMP)
 
 demo: setup
@@ -55,7 +60,23 @@ lint: setup
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)
-	$(BIN)/pip freeze --exclude-editable | grep -v '^deepspeech-flow' > constraints.txt
+	$(BIN)/pip freeze --exclude-editable | grep -v -e '^deepspeech-flow' -e '^pyctcdecode' > constraints.txt
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+
+# The local deployment (docs/DEPLOYMENT.md): a Prefect server on 127.0.0.1:$(PREFECT_PORT)
+# whose database lives in $(DEEPSPEECH_WORKDIR)/prefect, the train-cv deployment (and its
+# crash recovery) on a process work pool, and a worker, all in the background; pid files
+# and logs in $(DEEPSPEECH_WORKDIR)/prefect. `make stop` stops exactly those processes.
+DEEPSPEECH_WORKDIR ?= $(CURDIR)/deepspeech-data
+DEEPSPEECH_CORPUS ?= $(CURDIR)/$(DEMO_DIR)/cv/en
+PREFECT_PORT ?= 4200
+
+serve: setup
+	$(BIN)/python deployments/stack.py up --workdir "$(DEEPSPEECH_WORKDIR)" \
+	  --corpus "$(DEEPSPEECH_CORPUS)" --port $(PREFECT_PORT)
+
+stop:
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) deployments/stack.py down \
+	  --workdir "$(DEEPSPEECH_WORKDIR)"

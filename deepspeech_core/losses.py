@@ -1,4 +1,4 @@
-"""CTC loss and greedy decoding on batch-major logits with true lengths."""
+"""CTC loss on batch-major logits with true lengths, and the compiled evaluation step."""
 
 from __future__ import annotations
 
@@ -20,17 +20,6 @@ def ctc_loss_per_sample(
         logits_time_major=False,
         blank_index=-1,
     )
-
-
-def greedy_decode(logits: tf.Tensor, logit_lengths: tf.Tensor) -> list[list[int]]:
-    """Best path: argmax per frame, repeats merged, blanks dropped."""
-    decoded, _ = tf.nn.ctc_greedy_decoder(
-        tf.transpose(logits, [1, 0, 2]), tf.cast(logit_lengths, tf.int32), merge_repeated=True
-    )
-    dense = tf.sparse.to_dense(decoded[0], default_value=-1).numpy()
-    batch = int(tf.shape(logits)[0])
-    out = [[int(v) for v in row if v >= 0] for row in dense]
-    return out + [[] for _ in range(batch - len(out))]
 
 
 def make_eval_step(model: keras.Model, n_input: int):

@@ -69,6 +69,21 @@ def _stage_parameters() -> list[inspect.Parameter]:
             annotation=Annotated[Path | None, _opt("config", help="YAML file filling the config.")],
         )
     ]
+    params.append(
+        inspect.Parameter(
+            "retrain_from",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                _opt(
+                    "retrain_from",
+                    help="current|scratch: a new training (new data) starts from the exported "
+                    "model in use, or afresh. [current]",
+                ),
+            ],
+        )
+    )
     for flag, (section, field) in FLAG_FIELDS.items():
         annotation, help_text = _field_help(section, field)
         names = (flag, *FLAG_ALIASES.get(flag, ()))
@@ -110,21 +125,29 @@ def _flag_values(options: dict) -> dict:
 def _stage_command(target: str, reuse_trained_model: bool):
     def command(**options) -> None:
         config_file = options.pop("config")
+        retrain_from = options.pop("retrain_from") or "current"
+        if retrain_from not in ("current", "scratch"):
+            raise typer.BadParameter("choose current or scratch", param_hint="--retrain_from")
         try:
             cfg = build_config(config_file, _flag_values(options))
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-        _run_flow(cfg, target, reuse_trained_model)
+        _run_flow(cfg, target, reuse_trained_model, retrain_from)
 
     command.__signature__ = inspect.Signature(_stage_parameters())
     return command
 
 
-def _run_flow(cfg, target: str, reuse_trained_model: bool) -> None:
+def _run_flow(cfg, target: str, reuse_trained_model: bool, retrain_from: str) -> None:
     from flows.train_cv import train_cv
 
     started = time.monotonic()
-    result = train_cv(config=cfg, target=target, reuse_trained_model=reuse_trained_model)
+    result = train_cv(
+        config=cfg,
+        target=target,
+        reuse_trained_model=reuse_trained_model,
+        retrain_from=retrain_from,
+    )
     elapsed = time.monotonic() - started
     typer.echo("")
     typer.echo(
@@ -142,7 +165,9 @@ def _run_flow(cfg, target: str, reuse_trained_model: bool) -> None:
         typer.echo(f"test WER:    {e.wer:.4f}")
         typer.echo(f"test CER:    {e.cer:.4f}   (report: {e.report_path})")
     if result.export:
-        typer.echo(f"exported:    {result.export.export_dir}")
+        e = result.export
+        state = "now current" if e.promoted else f"NOT promoted: {e.promotion_reason}"
+        typer.echo(f"exported:    {e.export_dir}  ({state})")
 
 
 for _name, _target, _reuse, _help in [
@@ -209,6 +234,32 @@ def transcribe(
         typer.echo(json.dumps(record) if json_output else f"{path}\t{text}")
     if failed:
         raise typer.Exit(code=1)
+
+
+@app.command("build-lm", help="Build a word n-gram language model (ARPA) for --scorer_path.")
+def build_lm(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="Text files (a sentence per line) or CSVs with a transcript column."),
+    ],
+    out: Annotated[Path, _opt("out", help="The ARPA file to write.")],
+    order: Annotated[int, _opt("order", help="n-gram order.")] = 3,
+) -> None:
+    import pandas as pd
+
+    from deepspeech_core.language_model import write_arpa
+
+    sentences: list[str] = []
+    for path in sources:
+        if path.suffix.lower() == ".csv":
+            sentences += list(pd.read_csv(path, keep_default_na=False)["transcript"])
+        else:
+            sentences += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not sentences:
+        raise typer.BadParameter("no sentences in the given files", param_hint="SOURCES")
+    write_arpa(sentences, out, order)
+    words = len({w for s in sentences for w in s.split()})
+    typer.echo(f"{out}: {order}-gram model of {len(sentences)} sentences, {words} words")
 
 
 @app.command("make-demo-corpus", help="Speak a small Common Voice-style corpus with espeak-ng.")

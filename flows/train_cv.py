@@ -32,21 +32,41 @@ from tasks.validate import validate_corpus_task
 RetrainFrom = Literal["current", "scratch"]
 
 
+def with_overrides(
+    config: PipelineConfig | dict | None, workdir: Path | None, corpus: Path | None
+) -> PipelineConfig:
+    """The run's config: `config`, with the `workdir` and `corpus` parameters when given.
+
+    A deployment keeps its work directory and corpus in these two parameters, so
+    `prefect deployment run -p 'config={...}'` (which replaces the whole `config`
+    parameter) changes settings without losing where to work and what to train on.
+    """
+    if isinstance(config, dict):
+        config = PipelineConfig.model_validate(config)
+    config = config or PipelineConfig()
+    if workdir is not None:
+        config = config.model_copy(update={"workdir": Path(workdir)})
+    if corpus is not None:
+        source = config.corpus.model_copy(
+            update={"corpus": Path(corpus), "train_files": [], "dev_files": [], "test_files": []}
+        )
+        config = config.model_copy(update={"corpus": source})
+    return config
+
+
 def _run_name() -> str:
     """`train-cv-<corpus>-<date>`: says what ran, in the UI's run list."""
     params = flow_run.parameters or {}
-    config = params.get("config")
-    if isinstance(config, dict):
-        config = PipelineConfig.model_validate(config)
+    try:
+        c = with_overrides(params.get("config"), params.get("workdir"), params.get("corpus")).corpus
+    except ValueError:
+        c = None
     source = "corpus"
-    if isinstance(config, PipelineConfig):
-        c = config.corpus
-        if c.corpus is not None:
-            source = (
-                f"{c.corpus.parent.name}-{c.corpus.name}" if c.corpus.parent.name else c.corpus.name
-            )
-        elif c.train_files or c.test_files:
-            source = (c.train_files or c.test_files)[0].stem
+    if c is not None and c.corpus is not None:
+        parent = c.corpus.parent.name
+        source = f"{parent}-{c.corpus.name}" if parent else c.corpus.name
+    elif c is not None and (c.train_files or c.test_files):
+        source = (c.train_files or c.test_files)[0].stem
     return f"train-cv-{source}-{datetime.now():%Y%m%d-%H%M}"
 
 
@@ -131,8 +151,12 @@ def train_cv(
     target: Stage = "export",
     reuse_trained_model: bool = False,
     retrain_from: RetrainFrom = "current",
+    workdir: Path | None = None,
+    corpus: Path | None = None,
 ) -> PipelineResult:
     """Run the pipeline up to `target`.
+
+    `workdir` and `corpus`, when given, override the config's (deployments set them).
 
     With `reuse_trained_model`, an existing trained model is evaluated/exported as it is
     (the `evaluate` and `export` commands); otherwise training runs, continuing from its
@@ -140,7 +164,7 @@ def train_cv(
     exported model in use (`retrain_from="current"`) or from scratch. The new model
     replaces `export/current` only if its test WER is no worse than the current one's.
     """
-    config = (config or PipelineConfig()).resolved()
+    config = with_overrides(config, workdir, corpus).resolved()
     with workdir_lock(config.workdir):
         return _run(config, target, reuse_trained_model, retrain_from)
 

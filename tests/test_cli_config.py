@@ -11,7 +11,9 @@ from deepspeech_flow.config_loading import build_config
 def captured(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        cli, "_run_flow", lambda cfg, target, reuse: calls.append((cfg, target, reuse))
+        cli,
+        "_run_flow",
+        lambda cfg, target, reuse, retrain_from: calls.append((cfg, target, reuse, retrain_from)),
     )
     return calls
 
@@ -47,11 +49,21 @@ def test_deepspeech_flags_in_both_spellings(captured, style):
         "7",
         "--seed",
         "11",
+        flag("beam_width"),
+        "8",
+        "--scorer",
+        "/tmp/lm.arpa",
+        flag("export_model_name"),
+        "digits",
+        flag("retrain_from"),
+        "scratch",
     ]
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
-    cfg, target, reuse = captured[0]
-    assert target == "train" and not reuse
+    cfg, target, reuse, retrain_from = captured[0]
+    assert target == "train" and not reuse and retrain_from == "scratch"
+    assert cfg.evaluation.beam_width == 8 and cfg.evaluation.scorer_path == Path("/tmp/lm.arpa")
+    assert cfg.export.export_model_name == "digits"
     assert cfg.corpus.train_files == [Path("a.csv"), Path("b.csv")]
     assert cfg.model.n_hidden == 64 and cfg.training.epochs == 3
     assert cfg.training.train_batch_size == 4 and cfg.training.learning_rate == 0.0005
@@ -63,7 +75,8 @@ def test_deepspeech_flags_in_both_spellings(captured, style):
 def test_defaults_are_deepspeech_defaults(captured):
     result = CliRunner().invoke(cli.app, ["run", "--corpus", "cv/en"])
     assert result.exit_code == 0, result.output
-    cfg, target, _ = captured[0]
+    cfg, target, _, retrain_from = captured[0]
+    assert retrain_from == "current"
     assert target == "export"
     assert cfg.workdir == Path("deepspeech-data") and cfg.checkpoint_dir == Path(
         "deepspeech-data/checkpoints"
@@ -81,7 +94,7 @@ def test_yaml_then_flags(tmp_path, captured):
     yaml_file.write_text("model:\n  n_hidden: 128\ntraining:\n  epochs: 9\n  train_batch_size: 2\n")
     result = CliRunner().invoke(cli.app, ["evaluate", "--config", str(yaml_file), "--epochs", "4"])
     assert result.exit_code == 0, result.output
-    cfg, target, reuse = captured[0]
+    cfg, target, reuse, _ = captured[0]
     assert (cfg.model.n_hidden, cfg.training.epochs, cfg.training.train_batch_size) == (128, 4, 2)
     assert target == "evaluate" and reuse
 

@@ -109,3 +109,22 @@ def test_language_model_lowers_wer(speaking_model, tmp_path):
     assert with_lm.wer < greedy.wer
     report = json.loads(with_lm.report_path.read_text())
     assert report["scorer_path"] == str(arpa) and report["beam_width"] == 256
+
+
+def test_build_lm_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from deepspeech_flow.cli import app
+
+    csv = tmp_path / "train.csv"
+    pd.DataFrame({"wav_filename": ["a.wav", "b.wav"], "transcript": ["ab c", "c ab"]}).to_csv(
+        csv, index=False
+    )
+    text = tmp_path / "more.txt"
+    text.write_text("ab ab c\n\nc c\n")
+    out = tmp_path / "lm.arpa"
+    result = CliRunner().invoke(app, ["build-lm", str(csv), str(text), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "4 sentences" in result.output
+    decoder = make_decoder(ALPHABET, DecoderConfig(scorer_path=out, beam_width=16))
+    assert decoder.decode(one_hot_logits([1, 2, 0, 3])) == "ab c"

@@ -5,7 +5,7 @@ import pytest
 
 from deepspeech_core.checkpoints import load_model
 from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.losses import greedy_decode
+from deepspeech_core.decoding import GreedyDecoder
 from deepspeech_core.tflite_export import (
     FP32_TOLERANCE,
     QUANT_TOLERANCE,
@@ -31,7 +31,7 @@ def exported(trained, tmp_path_factory):
 
 
 def _transcript(logits: np.ndarray, alphabet) -> str:
-    return alphabet.decode(greedy_decode(logits[np.newaxis], [len(logits)])[0])
+    return GreedyDecoder(alphabet).decode(logits)
 
 
 def test_fp32_streams_the_keras_logits_and_transcripts(exported):
