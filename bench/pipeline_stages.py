@@ -27,7 +27,7 @@ def main() -> None:
     from deepspeech_core.corpus import validate_corpus
     from deepspeech_core.demo_corpus import make_demo_corpus
     from deepspeech_core.evaluation import evaluate
-    from deepspeech_core.export import export_model
+    from deepspeech_core.export import export_model, verification_clips
     from deepspeech_core.feature_cache import build_feature_cache
     from deepspeech_core.training import train
 
@@ -67,15 +67,29 @@ def main() -> None:
         print(f"train_throughput_n_hidden_{args.n_hidden}: {trained_audio / train_s:.0f} audio-s/s")
         print(f"train_steps_per_second: {result.steps / train_s:.2f} steps/s")
 
-        t = time.perf_counter()
-        evaluation = evaluate(features, cfg.checkpoint_dir, cfg.evaluation, cfg.workdir / "reports")
         test_audio = corpus.hours["test"] * 3600
-        print(f"evaluate_throughput: {test_audio / (time.perf_counter() - t):.0f} audio-s/s")
+        for name, beam_width in (("greedy", 1), ("beam1024", 1024)):
+            decoder = cfg.evaluation.model_copy(update={"beam_width": beam_width})
+            t = time.perf_counter()
+            evaluation = evaluate(features, cfg.checkpoint_dir, decoder, cfg.workdir / name)
+            rate = test_audio / (time.perf_counter() - t)
+            print(f"evaluate_throughput_{name}: {rate:.0f} audio-s/s")
+            print(f"test_wer_{name}: {evaluation.wer:.4f} ratio")
 
         t = time.perf_counter()
-        exported = export_model(cfg.checkpoint_dir, cfg.export_dir, evaluation)
+        exported = export_model(
+            cfg.checkpoint_dir,
+            cfg.export_dir,
+            evaluation=evaluation,
+            corpus=corpus,
+            verify_clips=verification_clips(features),
+        )
         print(f"export_seconds: {time.perf_counter() - t:.1f} s")
         print(f"saved_model_size: {exported.size_bytes / 1e6:.1f} MB")
+        for name, size in exported.tflite_sizes.items():
+            label = name.replace(".", "_")
+            print(f"{label}_size: {size / 1e6:.2f} MB")
+            print(f"{label}_max_abs_diff: {exported.tflite_max_diff[name]:.2e} logit")
 
 
 if __name__ == "__main__":

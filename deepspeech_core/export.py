@@ -32,9 +32,15 @@ from deepspeech_core import export_store
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.checkpoints import ModelSpec, load_model, save_inference_checkpoint
 from deepspeech_core.config import ExportConfig
+from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.features import audio_to_mfccs
 from deepspeech_core.io_utils import atomic_write_json, atomic_write_text
-from deepspeech_core.manifests import CorpusManifest, EvaluationManifest, ExportManifest
+from deepspeech_core.manifests import (
+    CorpusManifest,
+    EvaluationManifest,
+    ExportManifest,
+    FeatureCacheManifest,
+)
 from deepspeech_core.tflite_export import export_tflite
 
 log = logging.getLogger(__name__)
@@ -179,6 +185,20 @@ def model_card(cfg: ExportConfig, metadata: dict, tflite: dict[str, dict]) -> st
         "",
     ]
     return "\n".join(lines)
+
+
+VERIFY_CLIPS = 8  # real clips the TFLite models are checked on
+
+
+def verification_clips(features: FeatureCacheManifest, count: int = VERIFY_CLIPS) -> list:
+    """MFCCs of a few real clips (test, else dev, else train) to check conversions with."""
+    alphabet = Alphabet.load(features.alphabet_path)
+    for split in ("test", "dev", "train"):
+        if split in features.indexes:
+            index = SplitIndex.load(features.indexes[split], alphabet)
+            if len(index):
+                return [index.features(i) for i in range(min(count, len(index)))]
+    return []
 
 
 def export_model(

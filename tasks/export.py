@@ -6,10 +6,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.export import export_model
+from deepspeech_core.export import export_model, verification_clips
 from deepspeech_core.manifests import (
     CorpusManifest,
     EvaluationManifest,
@@ -17,18 +15,6 @@ from deepspeech_core.manifests import (
     FeatureCacheManifest,
 )
 from tasks.reporting import core_logs_to_run_log
-
-VERIFY_CLIPS = 8  # real clips the TFLite models are checked on
-
-
-def verification_clips(features: FeatureCacheManifest, count: int = VERIFY_CLIPS) -> list:
-    """MFCCs of a few real clips (test, else dev, else train) to check conversions with."""
-    for split in ("test", "dev", "train"):
-        if split in features.indexes:
-            index = SplitIndex.load(features.indexes[split], Alphabet.load(features.alphabet_path))
-            if len(index):
-                return [index.features(i) for i in range(min(count, len(index)))]
-    return []
 
 
 @task(name="export_model", task_run_name="export-model", cache_policy=NO_CACHE)

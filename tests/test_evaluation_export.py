@@ -16,13 +16,12 @@ from deepspeech_core import export_store
 from deepspeech_core.config import DecoderConfig, ExportConfig
 from deepspeech_core.corpus import validate_corpus
 from deepspeech_core.evaluation import SampleResult, evaluate
-from deepspeech_core.export import export_model
+from deepspeech_core.export import export_model, verification_clips
 from deepspeech_core.feature_cache import build_feature_cache
 from deepspeech_core.language_model import write_arpa
 from deepspeech_core.metrics import corpus_error_rates
 from deepspeech_core.transcriber import Transcriber
 from tasks.evaluate import evaluation_markdown
-from tasks.export import verification_clips
 from tests.conftest import sigkill_when
 
 SAMPLE_FIELDS = list(SampleResult.__dataclass_fields__)
@@ -201,7 +200,7 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     script = textwrap.dedent(
         f"""
         from deepspeech_core.config import ExportConfig
-        from deepspeech_core.export import export_model
+        from deepspeech_core.export import export_model, verification_clips
         export_model({str(cfg.checkpoint_dir)!r}, {str(root)!r}, ExportConfig(export_tflite=False))
         """
     )
