@@ -18,11 +18,20 @@ class Decision:
     reason: str
 
 
-def decide(challenger: EvaluationManifest | None, champion: EvaluationManifest | None) -> Decision:
-    if champion is None:
+def decide(
+    challenger: EvaluationManifest | None,
+    champion: EvaluationManifest | None,
+    has_current: bool = True,
+) -> Decision:
+    """`champion` is the current model's evaluation (None when it could not be evaluated)."""
+    if not has_current:
         return Decision(True, "there is no current model yet")
-    if challenger is None:
-        return Decision(False, "the new model has no test results to compare (no test split)")
+    if challenger is None or champion is None:
+        return Decision(
+            False,
+            "there is no test split to compare it with the current model "
+            "(`deepspeech-flow promote` makes it current by hand)",
+        )
     if challenger.samples != champion.samples:
         return Decision(False, "the two evaluations did not cover the same test clips")
     if challenger.wer <= champion.wer:

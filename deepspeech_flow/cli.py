@@ -236,6 +236,25 @@ def transcribe(
         raise typer.Exit(code=1)
 
 
+@app.command("promote", help="Make an exported version the current model (export/current).")
+def promote_command(
+    version: Annotated[str, typer.Argument(help="The version to make current, e.g. v3.")],
+    export_dir: Annotated[Path, _opt("export_dir", help="The export directory.")] = Path(
+        "deepspeech-data/export"
+    ),
+) -> None:
+    from deepspeech_core import export_store
+
+    target = export_dir / version
+    if target not in export_store.versions(export_dir):
+        known = ", ".join(v.name for v in export_store.versions(export_dir)) or "none"
+        raise typer.BadParameter(f"{target} is not an export version (there are: {known})")
+    before = export_store.current(export_dir)
+    export_store.promote(export_dir, target)
+    was = before.name if before else "unset"
+    typer.echo(f"{export_dir / export_store.CURRENT} -> {version} (was {was})")
+
+
 @app.command("build-lm", help="Build a word n-gram language model (ARPA) for --scorer_path.")
 def build_lm(
     sources: Annotated[

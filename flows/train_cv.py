@@ -122,7 +122,7 @@ def _export_with_promotion(config: PipelineConfig, result: PipelineResult, has_t
             champion = evaluate_model_task(
                 config, result.features, current / "checkpoint", label="champion"
             )
-    decision = decide(result.evaluation, champion)
+    decision = decide(result.evaluation, champion, has_current=current is not None)
     exported = export_model_task(
         config,
         result.evaluation,

@@ -220,6 +220,15 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     assert third.version == "v3" and export_store.current(root) == third.export_dir
     assert not list(root.glob(".*staging*")), "the next export cleans what was left"
 
+    # promotion by hand, e.g. of the unpromoted v2
+    from deepspeech_flow.cli import app
+
+    result = CliRunner().invoke(app, ["promote", "v2", "--export_dir", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "(was v3)" in result.output and export_store.current(root).name == "v2"
+    bad = CliRunner().invoke(app, ["promote", "v9", "--export_dir", str(root)])
+    assert bad.exit_code != 0 and export_store.current(root).name == "v2"
+
 
 def test_transcribe_command(exported, evaluated, speaking_model, tmp_path):
     from deepspeech_flow.cli import app

@@ -93,7 +93,9 @@ def test_decision_rules():
             checkpoint=path,
         )
 
-    assert decide(ev(0.5), None).promote
+    assert decide(ev(0.5), None, has_current=False).promote
+    assert not decide(ev(0.5), None).promote  # a current model it could not be compared with
+    assert not decide(None, None).promote
     assert decide(ev(0.5), ev(0.5)).promote  # no worse
     assert not decide(ev(0.51), ev(0.5)).promote
     assert not decide(ev(0.1, samples=5), ev(0.5)).promote  # not the same test set
