@@ -65,7 +65,9 @@ def new_staging(root: Path) -> tuple[Path, str]:
     existing = versions(root)
     number = int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1
     name = f"v{number}"
-    return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root)), name
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from the users who serve it
+    return staging, name
 
 
 def commit(staging: Path, name: str) -> Path:

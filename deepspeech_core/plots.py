@@ -13,6 +13,7 @@ def plot_loss(train: list[float], dev: list[float], path: Path, title: str = "")
 
     matplotlib.use("Agg")  # no display on servers and workers
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6, 3.5), dpi=100)
     ax = figure.add_subplot()
@@ -20,6 +21,7 @@ def plot_loss(train: list[float], dev: list[float], path: Path, title: str = "")
     ax.plot(epochs, train, marker="o", label="train")
     if dev:
         ax.plot(range(1, len(dev) + 1), dev, marker="o", label="dev")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("CTC loss")
     ax.set_title(title or "loss per epoch")

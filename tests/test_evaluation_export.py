@@ -194,6 +194,7 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     kept = export_model(cfg.checkpoint_dir, root, no_tflite, evaluation, promote=False)
     assert (first.version, kept.version) == ("v1", "v2") and not kept.promoted
     assert export_store.current(root) == first.export_dir
+    assert first.export_dir.stat().st_mode & 0o777 == 0o755, "readable by those who serve it"
     before = {p.name: p.stat().st_mtime_ns for p in first.export_dir.rglob("*")}
 
     # SIGKILL an export half way (once its staging directory has a SavedModel in it)
