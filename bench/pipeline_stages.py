@@ -86,10 +86,10 @@ def main() -> None:
         )
         print(f"export_seconds: {time.perf_counter() - t:.1f} s")
         print(f"saved_model_size: {exported.size_bytes / 1e6:.1f} MB")
-        for name, size in exported.tflite_sizes.items():
+        for name, tflite in exported.tflite.items():
             label = name.replace(".", "_")
-            print(f"{label}_size: {size / 1e6:.2f} MB")
-            print(f"{label}_max_abs_diff: {exported.tflite_max_diff[name]:.2e} logit")
+            print(f"{label}_size: {tflite.size_bytes / 1e6:.2f} MB")
+            print(f"{label}_max_abs_diff: {tflite.max_abs_diff:.2e} logit")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def _export(h: int, work: Path) -> Path:
     manifest = export_model(work / "checkpoint", work / "export", verify_clips=clips)
     print(f"export_seconds_n_hidden_{h}: {time.perf_counter() - started:.1f} s")
     print(f"saved_model_size_n_hidden_{h}: {manifest.size_bytes / 1e6:.2f} MB")
-    for name, size in manifest.tflite_sizes.items():
-        print(f"{name.replace('.', '_')}_size_n_hidden_{h}: {size / 1e6:.2f} MB")
+    for name, tflite in manifest.tflite.items():
+        print(f"{name.replace('.', '_')}_size_n_hidden_{h}: {tflite.size_bytes / 1e6:.2f} MB")
     return manifest.export_dir.parent
 
 

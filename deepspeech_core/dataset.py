@@ -91,7 +91,7 @@ class SplitIndex:
             transcripts=list(df["transcript"]),
             labels=[alphabet.encode(t) for t in df["transcript"]],
             wav_filenames=list(df["wav_filename"]),
-            sources=list(df["source"]) if "source" in df else [""] * len(df),
+            sources=list(df["source"]),
         )
 
 

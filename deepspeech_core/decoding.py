@@ -11,7 +11,6 @@ DeepSpeech's lm_alpha/lm_beta meaning: score = log P(acoustic) + alpha * ln P_LM
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -134,12 +133,8 @@ def make_decoder(alphabet: Alphabet, cfg: DecoderConfig) -> Decoder:
     """The decoder `cfg` asks for: greedy when beam_width <= 1, else beam, +LM with a scorer."""
     if cfg.scorer_path is not None:
         return LMBeamSearchDecoder(
-            alphabet, cfg.scorer_path, max(cfg.beam_width, 1), cfg.lm_alpha, cfg.lm_beta
+            alphabet, cfg.scorer_path, cfg.beam_width, cfg.lm_alpha, cfg.lm_beta
         )
     if cfg.beam_width <= 1:
         return GreedyDecoder(alphabet)
     return BeamSearchDecoder(alphabet, cfg.beam_width)
-
-
-def decode_all(decoder: Decoder, logits: Sequence[np.ndarray]) -> list[str]:
-    return [decoder.decode(x) for x in logits]

@@ -22,7 +22,7 @@ from deepspeech_core.decoding import Decoder, make_decoder
 from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.losses import make_eval_step
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, Metrics
-from deepspeech_core.metrics import corpus_error_rates, error_counts
+from deepspeech_core.metrics import ErrorCounts, error_counts
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,14 @@ def decode_split(
 
 
 def _metrics(samples: list[SampleResult]) -> Metrics:
-    wer, cer = corpus_error_rates([s.src for s in samples], [s.res for s in samples])
+    """Corpus-level rates from the samples' own jiwer counts (no second alignment)."""
+    totals = ErrorCounts(
+        word_distance=sum(s.word_distance for s in samples),
+        word_length=sum(s.word_length for s in samples),
+        char_distance=sum(s.char_distance for s in samples),
+        char_length=sum(s.char_length for s in samples),
+    )
+    wer, cer = totals.wer, totals.cer
     loss = float(np.mean([s.loss for s in samples])) if samples else 0.0
     return Metrics(wer=wer, cer=cer, loss=loss, samples=len(samples))
 
@@ -149,7 +156,7 @@ def evaluate(
     ]
     per_file: dict[str, list[SampleResult]] = {}
     for sample, source in zip(samples, index.sources, strict=True):
-        per_file.setdefault(source or split, []).append(sample)
+        per_file.setdefault(source, []).append(sample)
     overall = _metrics(samples)
     files = {source: _metrics(group) for source, group in per_file.items()}
     durations = by_duration(samples, index.durations)

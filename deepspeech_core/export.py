@@ -40,6 +40,7 @@ from deepspeech_core.manifests import (
     EvaluationManifest,
     ExportManifest,
     FeatureCacheManifest,
+    TFLiteModel,
 )
 from deepspeech_core.tflite_export import export_tflite
 
@@ -137,7 +138,7 @@ def _metadata(
     }
 
 
-def model_card(cfg: ExportConfig, metadata: dict, tflite: dict[str, dict]) -> str:
+def model_card(cfg: ExportConfig, metadata: dict, tflite: dict[str, TFLiteModel]) -> str:
     """MODEL_CARD.md from DeepSpeech's --export_* flags and what the run measured."""
 
     def pct(x: float | None) -> str:
@@ -178,9 +179,9 @@ def model_card(cfg: ExportConfig, metadata: dict, tflite: dict[str, dict]) -> st
         "",
         "- `saved_model/`: TensorFlow SavedModel (signatures serve, serve_pcm16, features)",
         *(
-            f"- `{name}`: TFLite streaming model, {info['bytes'] / 1e6:.1f} MB, max |logit "
-            f"difference| vs Keras {info['max_diff']:.2e}"
-            for name, info in tflite.items()
+            f"- `{name}`: TFLite streaming model, {m.size_bytes / 1e6:.1f} MB, max |logit "
+            f"difference| vs Keras {m.max_abs_diff:.2e}"
+            for name, m in tflite.items()
         ),
         "",
     ]
@@ -223,29 +224,15 @@ def export_model(
     staging, name = export_store.new_staging(export_dir)
     try:
         write_saved_model(model, spec, staging / "saved_model")
-        tflite: dict[str, dict] = {}
+        tflite: dict[str, TFLiteModel] = {}
         if cfg.export_tflite:
             if not verify_clips:
                 raise ValueError("the TFLite export needs clips to check the conversion with")
-            report = export_tflite(model, spec, staging, verify_clips)
-            tflite = {
-                "model.tflite": {
-                    "bytes": report.fp32_bytes,
-                    "max_diff": report.fp32_max_abs_diff,
-                    "relative_error": report.fp32_error,
-                    "tolerance": report.fp32_tolerance,
-                },
-                "model.quant.tflite": {
-                    "bytes": report.quant_bytes,
-                    "max_diff": report.quant_max_abs_diff,
-                    "relative_error": report.quant_error,
-                    "tolerance": report.quant_tolerance,
-                },
-            }
+            tflite = export_tflite(model, spec, staging, verify_clips)
         save_inference_checkpoint(model, spec, staging / "checkpoint")
         spec.alphabet.save(staging / "alphabet.txt")
         metadata = _metadata(model, spec, prefix, cfg, evaluation, corpus)
-        metadata["tflite"] = tflite
+        metadata["tflite"] = {name: m.model_dump() for name, m in tflite.items()}
         atomic_write_json(staging / "metadata.json", metadata)
         atomic_write_text(staging / "MODEL_CARD.md", model_card(cfg, metadata, tflite))
         version = export_store.commit(staging, name)
@@ -262,9 +249,7 @@ def export_model(
         size_bytes=size,
         version=name,
         current=link,
-        tflite={k: version / k for k in tflite},
-        tflite_sizes={k: v["bytes"] for k, v in tflite.items()},
-        tflite_max_diff={k: v["max_diff"] for k, v in tflite.items()},
+        tflite=tflite,
         model_card=version / "MODEL_CARD.md",
         promoted=promote,
     )

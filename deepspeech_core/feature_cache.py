@@ -271,7 +271,7 @@ def _write_index(path: Path, df: pd.DataFrame, catalog: pd.DataFrame) -> None:
             "n_frames": located.n_frames.to_numpy(),
             "duration": df.duration.to_numpy(),
             "transcript": df.transcript.to_numpy(),
-            "source": df["source"].to_numpy() if "source" in df else "",
+            "source": df.source.to_numpy(),
         },
         columns=INDEX_COLUMNS,
     )

@@ -35,18 +35,13 @@ def audio_to_mfccs(samples: tf.Tensor, features: FeatureConfig) -> tf.Tensor:
     return tf.reshape(mfccs, [-1, features.n_input])
 
 
-def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
-    """int16 PCM -> float32 in [-1, 1), as tf.audio.decode_wav scales it."""
-    return samples.astype(np.float32) / 32768.0
-
-
 class MfccExtractor:
     """A compiled `audio_to_mfccs` for one feature configuration (no retracing per clip)."""
 
     def __init__(self, features: FeatureConfig) -> None:
         self.features = features
-        # int16 in, scaled in the graph: the same float32 values as pcm16_to_float
-        # (division by a power of two is exact), without a numpy pass per call.
+        # int16 in, scaled in the graph to tf.audio.decode_wav's float32 values (division
+        # by a power of two is exact), without a numpy pass per call.
         self._fn = tf.function(
             lambda x: audio_to_mfccs(tf.cast(x, tf.float32) / 32768.0, features),
             input_signature=[tf.TensorSpec([None], tf.int16)],

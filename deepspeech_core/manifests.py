@@ -76,6 +76,15 @@ class EvaluationManifest(_Manifest):
     examples: dict[str, list[dict]] = {}
 
 
+class TFLiteModel(_Manifest):
+    """One verified TFLite file of an export: its size and distance from the Keras model."""
+
+    size_bytes: int
+    max_abs_diff: float  # max |TFLite logit - Keras logit| over the verification clips
+    error: float  # the same relative to the logits' scale: what the tolerance bounds
+    tolerance: float
+
+
 class ExportManifest(_Manifest):
     export_dir: Path
     saved_model: Path
@@ -84,9 +93,7 @@ class ExportManifest(_Manifest):
     size_bytes: int
     version: str = ""
     current: Path | None = None
-    tflite: dict[str, Path] = {}
-    tflite_sizes: dict[str, int] = {}
-    tflite_max_diff: dict[str, float] = {}
+    tflite: dict[str, TFLiteModel] = {}  # by file name, in export_dir
     model_card: Path | None = None
     promoted: bool = True
     promotion_reason: str = ""

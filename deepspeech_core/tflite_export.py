@@ -29,15 +29,17 @@ from typing import NamedTuple
 import keras
 import numpy as np
 import tensorflow as tf
-from pydantic import BaseModel, ConfigDict
 
 from deepspeech_core.checkpoints import ModelSpec
 from deepspeech_core.io_utils import atomic_write_bytes
+from deepspeech_core.manifests import TFLiteModel
 
 log = logging.getLogger(__name__)
 
 N_STEPS = 16  # DeepSpeech's --n_steps: frames per call of its streaming TFLite model
 SIGNATURE = "serving_default"
+FP32_FILE = "model.tflite"
+QUANT_FILE = "model.quant.tflite"  # dynamic-range quantised
 
 # Tolerances on `logit_error` (max |TFLite - Keras| relative to max |Keras logit|).
 # Measured on real MFCCs and random features, trained (n_hidden 32) and random models
@@ -342,24 +344,6 @@ def verify_tflite(
     return _check(tflite, keras_logits(model, clips), clips, tolerance, "converted")
 
 
-class TFLiteExport(BaseModel):
-    """What export_tflite wrote: both models, their sizes and how far each is from Keras."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    fp32_path: Path
-    quant_path: Path
-    fp32_bytes: int
-    quant_bytes: int
-    fp32_max_abs_diff: float
-    quant_max_abs_diff: float
-    fp32_error: float  # logit_error, the value compared with the tolerance
-    quant_error: float
-    fp32_tolerance: float
-    quant_tolerance: float
-    n_steps: int
-
-
 def _write_verified(
     path: Path,
     model: keras.Model,
@@ -369,8 +353,8 @@ def _write_verified(
     clips: Sequence[np.ndarray],
     references: Sequence[np.ndarray],
     tolerance: float,
-) -> tuple[int, Fidelity]:
-    """Convert, verify, and only then write `path` atomically: (size in bytes, fidelity)."""
+) -> TFLiteModel:
+    """Convert, verify, and only then write `path` atomically."""
     started = time.perf_counter()
     tflite = convert_tflite(model, spec, quantize, n_steps)
     fidelity = _check(tflite, references, clips, tolerance, path.name)
@@ -384,7 +368,12 @@ def _write_verified(
         tolerance,
         time.perf_counter() - started,
     )
-    return len(tflite), fidelity
+    return TFLiteModel(
+        size_bytes=len(tflite),
+        max_abs_diff=fidelity.max_abs_diff,
+        error=fidelity.error,
+        tolerance=tolerance,
+    )
 
 
 def export_tflite(
@@ -395,30 +384,20 @@ def export_tflite(
     fp32_tolerance: float = FP32_TOLERANCE,
     quant_tolerance: float = QUANT_TOLERANCE,
     n_steps: int = N_STEPS,
-) -> TFLiteExport:
-    """Write model.tflite (fp32) and model.quant.tflite, each verified on `clips` first.
+) -> dict[str, TFLiteModel]:
+    """Write FP32_FILE and QUANT_FILE into `out_dir`, each verified on `clips` first.
 
     `clips` are feature arrays [T, n_input] of real speech (e.g. the test split): the
     Keras model's logits on them are computed once and both conversions must match them.
+    Returns what was written, by file name.
     """
-    fp32_path, quant_path = Path(out_dir) / "model.tflite", Path(out_dir) / "model.quant.tflite"
     references = keras_logits(model, clips)
-    fp32_bytes, fp32 = _write_verified(
-        fp32_path, model, spec, False, n_steps, clips, references, fp32_tolerance
-    )
-    quant_bytes, quant = _write_verified(
-        quant_path, model, spec, True, n_steps, clips, references, quant_tolerance
-    )
-    return TFLiteExport(
-        fp32_path=fp32_path,
-        quant_path=quant_path,
-        fp32_bytes=fp32_bytes,
-        quant_bytes=quant_bytes,
-        fp32_max_abs_diff=fp32.max_abs_diff,
-        quant_max_abs_diff=quant.max_abs_diff,
-        fp32_error=fp32.error,
-        quant_error=quant.error,
-        fp32_tolerance=fp32_tolerance,
-        quant_tolerance=quant_tolerance,
-        n_steps=n_steps,
-    )
+    return {
+        name: _write_verified(
+            Path(out_dir) / name, model, spec, quantize, n_steps, clips, references, tolerance
+        )
+        for name, quantize, tolerance in (
+            (FP32_FILE, False, fp32_tolerance),
+            (QUANT_FILE, True, quant_tolerance),
+        )
+    }

@@ -21,10 +21,11 @@ from deepspeech_core.audio import read_audio
 from deepspeech_core.config import DecoderConfig, FeatureConfig
 from deepspeech_core.decoding import make_decoder
 from deepspeech_core.export_store import resolve_model_dir
-from deepspeech_core.features import audio_to_mfccs, pcm16_to_float
+from deepspeech_core.features import MfccExtractor
+from deepspeech_core.tflite_export import FP32_FILE, QUANT_FILE, TFLiteStreamer
 
 Backend = Literal["saved_model", "tflite", "tflite_quant"]
-TFLITE_FILES = {"tflite": "model.tflite", "tflite_quant": "model.quant.tflite"}
+TFLITE_FILES = {"tflite": FP32_FILE, "tflite_quant": QUANT_FILE}
 
 
 class Transcriber:
@@ -46,8 +47,6 @@ class Transcriber:
         if backend == "saved_model":
             self._saved = tf.saved_model.load(str(self.model_dir / "saved_model"))
         else:
-            from deepspeech_core.tflite_export import TFLiteStreamer
-
             path = self.model_dir / TFLITE_FILES[backend]
             if not path.is_file():
                 raise FileNotFoundError(
@@ -55,17 +54,16 @@ class Transcriber:
                     "with --no_export_tflite?); use --backend saved_model"
                 )
             self._streamer = TFLiteStreamer(path)
+            self._mfccs = MfccExtractor(self.features)  # the feature cache's own function
 
-    def logits(self, samples: np.ndarray) -> np.ndarray:
-        """[frames, classes] for float samples in [-1, 1) at the model's sample rate."""
-        samples = np.asarray(samples, np.float32)
+    def logits(self, pcm16: np.ndarray) -> np.ndarray:
+        """[frames, classes] for int16 samples at the model's sample rate."""
         if self.backend == "saved_model":
-            return self._saved.serve(tf.constant(samples))["logits"].numpy()
-        mfccs = audio_to_mfccs(tf.constant(samples), self.features).numpy()
-        return self._streamer.logits(mfccs)
+            return self._saved.serve_pcm16(tf.constant(pcm16, tf.int16))["logits"].numpy()
+        return self._streamer.logits(self._mfccs(pcm16))
 
     def transcribe_samples(self, pcm16: np.ndarray) -> str:
-        return self.decoder.decode(self.logits(pcm16_to_float(pcm16)))
+        return self.decoder.decode(self.logits(pcm16))
 
     def transcribe_file(self, path: Path) -> str:
         """Any format SoX/libsndfile reads, resampled and downmixed as training data was."""

@@ -186,6 +186,11 @@ for _name, _target, _reuse, _help in [
     app.command(_name, help=_help)(_stage_command(_target, _reuse))
 
 
+def _decoder_help(field: str) -> str:
+    """The decoder flag's help and default, from the config (as the stage commands')."""
+    return _field_help("evaluation", field)[1]
+
+
 @app.command("transcribe", help="Transcribe audio files with an exported model.")
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="wav/mp3/flac files, any rate.")],
@@ -195,12 +200,12 @@ def transcribe(
     backend: Annotated[
         str, _opt("backend", help="saved_model | tflite | tflite_quant (streaming).")
     ] = "saved_model",
-    beam_width: Annotated[int | None, _opt("beam_width", help="1 = greedy. [1024]")] = None,
+    beam_width: Annotated[int | None, _opt("beam_width", help=_decoder_help("beam_width"))] = None,
     scorer_path: Annotated[
-        Path | None, _opt("scorer_path", "scorer", help="KenLM ARPA or binary.")
+        Path | None, _opt("scorer_path", "scorer", help=_decoder_help("scorer_path"))
     ] = None,
-    lm_alpha: Annotated[float | None, _opt("lm_alpha", help="LM weight.")] = None,
-    lm_beta: Annotated[float | None, _opt("lm_beta", help="Word insertion bonus.")] = None,
+    lm_alpha: Annotated[float | None, _opt("lm_alpha", help=_decoder_help("lm_alpha"))] = None,
+    lm_beta: Annotated[float | None, _opt("lm_beta", help=_decoder_help("lm_beta"))] = None,
     json_output: Annotated[bool, _opt("json", help="Print one JSON object per file.")] = False,
 ) -> None:
     from deepspeech_core.audio import AudioError

@@ -70,8 +70,9 @@ def _run_name() -> str:
     return f"train-cv-{source}-{datetime.now():%Y%m%d-%H%M}"
 
 
-def _with_checkpoint_dir(config: PipelineConfig, checkpoint_dir: Path) -> PipelineConfig:
-    training = config.training.model_copy(update={"checkpoint_dir": checkpoint_dir})
+def _with_training(config: PipelineConfig, **fields) -> PipelineConfig:
+    """A copy of `config` with these training settings changed."""
+    training = config.training.model_copy(update=fields)
     return config.model_copy(update={"training": training})
 
 
@@ -105,8 +106,7 @@ def _warm_start(config: PipelineConfig, retrain_from: RetrainFrom) -> PipelineCo
     ):
         return config
     print(f"warm start: the new training starts from the current model {current.name}")
-    training = config.training.model_copy(update={"load_checkpoint_dir": current / "checkpoint"})
-    return config.model_copy(update={"training": training})
+    return _with_training(config, load_checkpoint_dir=current / "checkpoint")
 
 
 def _export_with_promotion(config: PipelineConfig, result: PipelineResult, has_test: bool):
@@ -185,9 +185,8 @@ def _run(
     if last >= STAGES.index("features"):
         result.features = timed("features", build_feature_cache_stage, config, result.corpus)
     if last >= STAGES.index("train"):
-        config = _with_checkpoint_dir(
-            config, _checkpoint_dir(config, result.features, reuse_trained_model)
-        )
+        checkpoint_dir = _checkpoint_dir(config, result.features, reuse_trained_model)
+        config = _with_training(config, checkpoint_dir=checkpoint_dir)
         if target == "train" or not (
             reuse_trained_model and has_trained_model(config.checkpoint_dir)
         ):

@@ -57,8 +57,8 @@ def export_markdown(m: ExportManifest) -> str:
         "|---|---:|---:|",
         f"| saved_model/ | {m.size_bytes / 1e6:.1f} MB | (same graph) |",
         *(
-            f"| {name} | {m.tflite_sizes[name] / 1e6:.2f} MB | {m.tflite_max_diff[name]:.2e} |"
-            for name in m.tflite
+            f"| {name} | {t.size_bytes / 1e6:.2f} MB | {t.max_abs_diff:.2e} |"
+            for name, t in m.tflite.items()
         ),
         "",
         f"Try it: `deepspeech-flow transcribe --model {m.export_dir.parent} clip.wav`",

@@ -125,8 +125,9 @@ def test_export_layout_metadata_and_model_card(exported, evaluated):
     assert metadata["training_data"]["fingerprint"] == corpus.fingerprint
     assert metadata["training_data"]["hours"]["train"] == corpus.hours["train"]
     assert all(metadata["versions"][k] for k in ("deepspeech-flow", "tensorflow", "prefect"))
-    sizes = manifest.tflite_sizes
+    sizes = {name: m.size_bytes for name, m in manifest.tflite.items()}
     assert sizes["model.quant.tflite"] < sizes["model.tflite"]
+    assert metadata["tflite"]["model.tflite"]["size_bytes"] == sizes["model.tflite"]
     card = manifest.model_card.read_text()
     assert card.startswith("# digits 0.0.1") and "Author: qa-team" in card
     assert f"{100 * evaluation.wer:.2f} %" in card and "model.quant.tflite" in card
@@ -256,7 +257,9 @@ def test_long_file_streams_through_tflite(exported, evaluated, tmp_path):
 
     root, _ = exported
     samples = json.loads(evaluated[3].test_output_path.read_text())
-    audio = np.concatenate([soundfile.read(s["wav_filename"])[0] for s in samples] * 4)
+    audio = np.concatenate(
+        [soundfile.read(s["wav_filename"], dtype="int16")[0] for s in samples] * 4
+    )
     assert len(audio) > 60 * 16000
     saved = Transcriber(root, "saved_model").logits(audio)
     streamed = Transcriber(root, "tflite").logits(audio)

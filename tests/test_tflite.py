@@ -1,5 +1,7 @@
 """The streaming TFLite export computes what the Keras model computes, and says so."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,9 @@ from deepspeech_core.checkpoints import load_model
 from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.decoding import GreedyDecoder
 from deepspeech_core.tflite_export import (
+    FP32_FILE,
     FP32_TOLERANCE,
+    QUANT_FILE,
     QUANT_TOLERANCE,
     TFLiteMismatchError,
     TFLiteStreamer,
@@ -26,8 +30,12 @@ def exported(trained, tmp_path_factory):
     model, spec, _ = load_model(cfg.checkpoint_dir, "best")
     index = SplitIndex.load(features.indexes["test"], spec.alphabet)
     clips = [index.features(i) for i in range(len(index))]
-    report = export_tflite(model, spec, tmp_path_factory.mktemp("tflite"), clips)
-    return model, spec, clips, report
+    out = tmp_path_factory.mktemp("tflite")
+    report = export_tflite(model, spec, out, clips)
+    assert set(report) == {FP32_FILE, QUANT_FILE}
+    written = SimpleNamespace(fp32=report[FP32_FILE], quant=report[QUANT_FILE])
+    written.fp32_path, written.quant_path = out / FP32_FILE, out / QUANT_FILE
+    return model, spec, clips, written
 
 
 def _transcript(logits: np.ndarray, alphabet) -> str:
@@ -37,7 +45,7 @@ def _transcript(logits: np.ndarray, alphabet) -> str:
 def test_fp32_streams_the_keras_logits_and_transcripts(exported):
     model, spec, clips, report = exported
     assert report.fp32_path.read_bytes()[4:8] == b"TFL3"
-    assert report.fp32_error <= report.fp32_tolerance == FP32_TOLERANCE
+    assert report.fp32.error <= report.fp32.tolerance == FP32_TOLERANCE
     streamer = TFLiteStreamer(report.fp32_path)
     for clip, want in zip(clips, keras_logits(model, clips), strict=True):
         got = streamer.logits(clip)
@@ -48,13 +56,13 @@ def test_fp32_streams_the_keras_logits_and_transcripts(exported):
 
 def test_quantised_model_is_verified_and_smaller(exported):
     model, _, clips, report = exported
-    assert report.quant_bytes == report.quant_path.stat().st_size < report.fp32_bytes
-    assert 0 < report.quant_error <= report.quant_tolerance == QUANT_TOLERANCE
+    assert report.quant.size_bytes == report.quant_path.stat().st_size < report.fp32.size_bytes
+    assert 0 < report.quant.error <= report.quant.tolerance == QUANT_TOLERANCE
     tensors = make_interpreter(report.quant_path).get_tensor_details()
     assert any(t["dtype"] == np.int8 for t in tensors), "weights were not quantised"
     fidelity = verify_tflite(report.quant_path, model, clips[:2], QUANT_TOLERANCE)
-    assert 0 < fidelity.error <= report.quant_error
-    assert 0 < fidelity.max_abs_diff <= report.quant_max_abs_diff
+    assert 0 < fidelity.error <= report.quant.error
+    assert 0 < fidelity.max_abs_diff <= report.quant.max_abs_diff
 
 
 def test_only_builtin_ops_and_deepspeech_signature(exported):
