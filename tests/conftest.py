@@ -31,6 +31,19 @@ def sigkill_when(proc, ready, timeout: float, what: str, group: bool = False) ->
     proc.wait()
 
 
+def newest_checkpoint_step(workdir: Path) -> int:
+    """Step of the newest periodic checkpoint of any training under `workdir` (-1: none)."""
+    import contextlib
+    import re
+
+    steps = [-1]
+    for state in (Path(workdir) / "checkpoints").rglob("train/checkpoint"):
+        with contextlib.suppress(OSError):  # being replaced right now
+            found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text())
+            steps += [int(found.group(1))] if found else []
+    return max(steps)
+
+
 def tiny_config(workdir: Path, corpus: Path, n_hidden: int = 32, **training):
     from deepspeech_core.config import PipelineConfig
 

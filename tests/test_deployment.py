@@ -9,7 +9,6 @@ touches the session's `prefect_harness` server.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -38,7 +37,7 @@ from prefect.client.schemas.sorting import LogSort
 
 from deployments.recovery import parse_run_id
 from deployments.stack import Stack, command_line, descendants, free_port
-from tests.conftest import tiny_config
+from tests.conftest import newest_checkpoint_step, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -124,21 +123,17 @@ def wait_log(c, stack: Stack, run_id: UUID, pattern: str) -> re.Match:
     )
 
 
-def checkpoint_step(workdir: Path) -> int:
-    """The step of the newest periodic checkpoint under `workdir` (-1: none yet)."""
-    steps = [-1]
-    for state in (workdir / "checkpoints").rglob("train/checkpoint"):
-        with contextlib.suppress(OSError):
-            found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text())
-            steps += [int(found.group(1))] if found else []
-    return max(steps)
-
-
 def sigkill_at_step(c, stack: Stack, run_id: UUID, workdir: Path, step: int) -> None:
     """SIGKILL the run's process group once training has checkpointed `step`."""
+
+    def pid_once_checkpointed() -> int | None:
+        if newest_checkpoint_step(workdir) >= step:
+            return stack.flow_runs().get(str(run_id))
+        return None
+
     pid = wait_for(
         f"run {run_id} to checkpoint step {step}",
-        lambda: stack.flow_runs().get(str(run_id)) if checkpoint_step(workdir) >= step else None,
+        pid_once_checkpointed,
         lambda pid: pid is not None or c.read_flow_run(run_id).state.is_final(),
         240,
         stack,
@@ -230,7 +225,7 @@ def test_a_killed_run_is_restarted_resumes_and_restarts_are_capped(stack, tiny_c
         deployment = c.read_deployment_by_name("train-cv/train-cv")
         first = c.create_flow_run_from_deployment(deployment.id, parameters=params)
         sigkill_at_step(c, stack, first.id, workdir, 10)
-        killed_at = checkpoint_step(workdir)
+        killed_at = newest_checkpoint_step(workdir)
 
         # The trigger runs deployments/recovery.py, which starts the same parameters again.
         (restart,) = wait_for(
@@ -245,7 +240,7 @@ def test_a_killed_run_is_restarted_resumes_and_restarts_are_capped(stack, tiny_c
         assert restart.state.is_completed(), run_log(c, [restart.id])
         resumed = wait_log(c, stack, restart.id, r"resuming from \S+: step (\d+)")
         assert int(resumed.group(1)) == killed_at
-        trained_to = checkpoint_step(workdir)
+        trained_to = newest_checkpoint_step(workdir)
         assert trained_to > killed_at
         killed = c.read_flow_run(first.id)
         assert killed.state.is_crashed()  # the crashed run stays as it was, for the record

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # imported (and Prefect logging set up) outside CliRunner
-from tests.conftest import sigkill_when, tiny_config
+from tests.conftest import newest_checkpoint_step, sigkill_when, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -273,9 +273,7 @@ def test_killed_run_resumes_when_the_flow_is_run_again(tiny_cv, tmp_path):
     )
 
     def checkpointed_step_10() -> bool:
-        state = next((workdir / "checkpoints").glob("*/train/checkpoint"), None)
-        text = state.read_text() if state else ""
-        return "ckpt-" in text and int(text.split('"')[1].rsplit("-", 1)[1]) >= 10
+        return newest_checkpoint_step(workdir) >= 10
 
     sigkill_when(proc, checkpointed_step_10, 240, "training", group=True)
 
