@@ -139,6 +139,18 @@ class TrainingConfig(_Section):
     gpu_memory_growth: bool = Field(
         True, description="Allocate GPU memory as needed (the playbook's cuDNN-init fix)."
     )
+    gpu_monitor_interval: float = Field(
+        5.0, ge=0, description="Seconds between GPU samples (NVML) while training; 0 = off."
+    )
+    gpu_idle_window: float = Field(
+        60.0, gt=0, description="Warn when a GPU's mean utilisation over this many seconds..."
+    )
+    gpu_idle_utilization: float = Field(
+        30.0, ge=0, le=100, description="...is under this percentage (an idle, starved GPU)."
+    )
+    gpu_memory_warning: float = Field(
+        0.95, gt=0, le=1, description="Warn when a GPU's memory use reaches this fraction."
+    )
     augment: list[str] = Field(
         default_factory=list,
         description="DeepSpeech --augment specs, e.g. 'frequency_mask[p=0.8,n=2:4,size=2:4]'.",

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepspeech_core import export_store
+from deepspeech_core import export_store, gpu_monitor
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.checkpoints import ModelSpec, load_model, save_inference_checkpoint
 from deepspeech_core.config import ExportConfig
@@ -233,6 +233,7 @@ def export_model(
         spec.alphabet.save(staging / "alphabet.txt")
         metadata = _metadata(model, spec, prefix, cfg, evaluation, corpus)
         metadata["tflite"] = {name: m.model_dump() for name, m in tflite.items()}
+        metadata["training_gpu"] = gpu_monitor.read_usage(checkpoint_dir)  # per attempt
         atomic_write_json(staging / "metadata.json", metadata)
         atomic_write_text(staging / "MODEL_CARD.md", model_card(cfg, metadata, tflite))
         version = export_store.commit(staging, name)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from deepspeech_core.gpu_monitor import GpuSummary
+
 
 class _Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -51,6 +53,7 @@ class TrainedModelManifest(_Manifest):
     train_loss_history: list[float]
     dev_loss_history: list[float]
     seconds: float
+    gpu: GpuSummary | None = None  # the GPU monitor's summary of this attempt
 
 
 class Metrics(_Manifest):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -33,6 +34,7 @@ from deepspeech_core.checkpoints import (
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.dataset import Batch, SplitIndex, batch_plan, batch_signature, make_dataset
 from deepspeech_core.devices import DeviceReport, preflight, warn_if_model_on_cpu
+from deepspeech_core.gpu_monitor import GpuMonitor, check_gpu_agreement, record_attempt
 from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.locking import training_lock
 from deepspeech_core.losses import ctc_loss_per_sample, make_eval_step
@@ -55,6 +57,7 @@ class Progress:
     total_steps: int
     loss: float
     audio_seconds_per_second: float
+    gpu: str = ""  # the GPU monitor's latest sample, `GPU0 97% 31.2/80 GB`; '' without one
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -185,18 +188,22 @@ def train(
     checkpoint_dir: Path,
     on_progress: ProgressCallback | None = None,
     tensorboard_dir: Path | None = None,
+    nvml: Any = None,
 ) -> TrainedModelManifest:
     """Train (or continue training) until `cfg.epochs` epochs are complete.
 
     With `distribute="multi_worker"`, every host runs this with its TF_CONFIG: all
     resume from CHECKPOINT_DIR (a shared filesystem); the chief writes there, the
     others into CHECKPOINT_DIR/.worker-N, as tf.distribute requires every worker to save.
+    `nvml` is the NVML module of the GPU monitor (default: pynvml, when installed).
     """
     checkpoint_dir = Path(checkpoint_dir)
     # MultiWorkerMirroredStrategy must exist before TensorFlow initialises its devices.
     early = (
         tf.distribute.MultiWorkerMirroredStrategy() if cfg.distribute == "multi_worker" else None
     )
+    tf_gpus = [g.name for g in tf.config.list_physical_devices("GPU")]
+    check_gpu_agreement(tf_gpus, cfg.require_gpu, nvml)
     devices = preflight(cfg.require_gpu, cfg.gpu_memory_growth)
     strategy = early or make_strategy(cfg.distribute, devices)
     write_dir = _write_dir(strategy, checkpoint_dir)
@@ -207,6 +214,7 @@ def train(
         checkpoint_dir,
         write_dir,
         tensorboard_dir if write_dir == checkpoint_dir else write_dir / "tensorboard",
+        nvml,
     )
     with training_lock(write_dir):
         return _train_locked(feature_manifest, model_cfg, feature_cfg, cfg, place, on_progress)
@@ -221,6 +229,7 @@ class _Placement:
     checkpoint_dir: Path  # resume from here (shared by all workers)
     write_dir: Path  # save here: checkpoint_dir, except on non-chief workers
     tensorboard_dir: Path
+    nvml: Any = None  # the GPU monitor's NVML module (None: pynvml)
 
 
 def _write_dir(strategy: tf.distribute.Strategy, checkpoint_dir: Path) -> Path:
@@ -317,8 +326,13 @@ def _train_locked(
         on_progress=on_progress,
         writer=tf.summary.create_file_writer(str(place.tensorboard_dir)),
         augmentations=tuple(parse_augmentations(split_specs(cfg.augment)[1])),
+        gpu=_gpu_monitor(cfg, place.nvml),
     )
-    loop.run()
+    with loop.gpu:  # the playbook's nvtop, on a thread of its own
+        loop.run()
+    gpu_summary = loop.gpu.summary()
+    if state.int("step") > resumed_from:
+        record_attempt(write_dir, gpu_summary, (resumed_from, state.int("step")))
 
     if not saver.periodic.latest_checkpoint:  # epochs=0: still leave a loadable model
         saver.save(state.int("step"))
@@ -335,6 +349,18 @@ def _train_locked(
         train_loss_history=history["train_loss"],
         dev_loss_history=history["dev_loss"],
         seconds=round(time.monotonic() - started, 2),
+        gpu=gpu_summary,
+    )
+
+
+def _gpu_monitor(cfg: TrainingConfig, nvml: Any) -> GpuMonitor:
+    return GpuMonitor(
+        nvml,
+        interval=cfg.gpu_monitor_interval,
+        idle_window=cfg.gpu_idle_window,
+        idle_utilization=cfg.gpu_idle_utilization,
+        # without memory growth TensorFlow reserves all memory at once: always "full"
+        memory_warning=cfg.gpu_memory_warning if cfg.gpu_memory_growth else None,
     )
 
 
@@ -364,6 +390,7 @@ class _Loop:
     on_progress: ProgressCallback | None
     writer: tf.summary.SummaryWriter
     augmentations: tuple
+    gpu: GpuMonitor
 
     @property
     def steps_per_epoch(self) -> int:
@@ -411,15 +438,17 @@ class _Loop:
             saved = self.saver.maybe_save(step)
             if saved:
                 log.info("checkpoint at step %d: %s", step, saved)
+            gpu = self.gpu.line()
             if time.monotonic() - last_log >= 15 or step == total_steps:
                 last_log = time.monotonic()
                 log.info(
-                    "epoch %d step %d/%d loss %.3f (%.0f audio-s/s)",
+                    "epoch %d step %d/%d loss %.3f (%.0f audio-s/s)%s",
                     epoch,
                     step,
                     total_steps,
                     loss,
                     speed,
+                    f" {gpu}" if gpu else "",
                 )
             if step % 10 == 0:
                 with self.writer.as_default(step=step):
@@ -429,8 +458,12 @@ class _Loop:
                     )
                     tf.summary.scalar("train/step_seconds", time.monotonic() - step_started)
                     tf.summary.scalar("train/audio_seconds_per_second", speed)
+            if gpu_scalars := self.gpu.new_scalars():
+                with self.writer.as_default(step=step):
+                    for name, value in gpu_scalars.items():
+                        tf.summary.scalar(name, value)
             if self.on_progress is not None:
-                self.on_progress(Progress(epoch, step, total_steps, loss, speed))
+                self.on_progress(Progress(epoch, step, total_steps, loss, speed, gpu))
 
     def _bad_batch(self, loss: float, ids: np.ndarray) -> None:
         """Skip a batch with an inf/NaN loss; stop when there are too many."""

@@ -15,6 +15,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
+from deepspeech_core.gpu_monitor import GpuSummary
 from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
 from deepspeech_core.plots import plot_loss
 from deepspeech_core.training import Progress, train
@@ -40,7 +41,7 @@ class _ProgressReporter:
                 progress=100.0 * p.step / max(p.total_steps, 1),
                 description=(
                     f"epoch {p.epoch}, step {p.step}/{p.total_steps}, loss {p.loss:.3f}, "
-                    f"{p.audio_seconds_per_second:.0f} audio-s/s"
+                    f"{p.audio_seconds_per_second:.0f} audio-s/s" + (f", {p.gpu}" if p.gpu else "")
                 ),
             )
 
@@ -96,6 +97,34 @@ def train_model_task(
             }
             for i, t in enumerate(manifest.train_loss_history)
         ],
-        description=f"Per-epoch loss; checkpoints in {manifest.checkpoint_dir}",
+        description=f"Per-epoch loss; checkpoints in {manifest.checkpoint_dir}"
+        + (f"; {manifest.gpu.line()}" if manifest.gpu else ""),
     )
+    if manifest.gpu is not None:
+        _gpu_artifact(manifest.gpu)
     return manifest
+
+
+def _gpu_artifact(summary: GpuSummary) -> None:
+    """One row per GPU (what nvtop would have shown, summarised), or why there is none."""
+    rows = [
+        {
+            "gpu": g.gpu,
+            "name": g.name,
+            "mean_utilization_%": g.mean_utilization,
+            "p10_utilization_%": g.p10_utilization,
+            "peak_memory_gb": g.peak_memory_gb,
+            "memory_total_gb": g.memory_total_gb,
+            "max_temperature_c": g.max_temperature_c,
+            "mean_power_w": g.mean_power_w,
+            "samples": g.samples,
+        }
+        for g in summary.gpus
+    ]
+    notes = [summary.note] if summary.note else []
+    create_table_artifact(
+        key="training-gpu",
+        table=rows or [{"gpu": "none", "note": summary.note or "no GPU monitored"}],
+        description="; ".join(notes + [f"warning: {w}" for w in summary.warnings])
+        or f"GPU use sampled every {summary.interval_seconds:g} s over {summary.seconds:g} s",
+    )
