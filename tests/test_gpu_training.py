@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +154,57 @@ def test_require_gpu_fails_before_training_when_nvml_sees_gpus_tensorflow_does_n
     with pytest.raises(DeviceError, match="NVML sees 1 GPU.*Tesla T4.*TensorFlow sees none"):
         _train(tiny_features, tmp_path, "req", nvml, require_gpu=True)
     assert not (tmp_path / "req" / "checkpoints").exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_train_task_artifacts_show_the_gpu_section(tiny_features, tmp_path, monkeypatch):
+    """The Prefect UI's view: progress bar text, loss table and a GPU table (fake NVML)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+
+    from tasks.train import train_model_task
+
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML())  # what `import pynvml` finds
+    cfg, features = tiny_features
+    training = cfg.training.model_copy(update={"epochs": 1, **FAST, "checkpoint_dir": tmp_path})
+    config = cfg.model_copy(update={"workdir": tmp_path / "work", "training": training})
+
+    @flow(name="gpu-artifacts")
+    def one_training():
+        return train_model_task(config, features)
+
+    state = one_training(return_state=True)
+    assert state.is_completed() and state.result().gpu.monitored
+    keys = ["training-gpu", "training-loss", "training-progress"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=keys),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
+        )
+    by_key = {a.key: a for a in found}
+    assert set(by_key) == set(keys)
+    assert "GPU0 97% 31.2/80 GB" in by_key["training-progress"].description
+    assert "GPU0 mean 97% p10 97% peak 31.2/80 GB" in by_key["training-loss"].description
+    (row,) = json.loads(by_key["training-gpu"].data)
+    assert row["gpu"] == "GPU0" and row["mean_utilization_%"] == 97.0
+    assert row["p10_utilization_%"] == 97.0 and row["peak_memory_gb"] == 31.2
+    # the monitor thread's own lines reach the task run's log too
+    wanted = ["GPU monitor: sampling GPU0 (NVIDIA A100-SXM4-80GB)", "GPU0 97% 31.2/80 GB"]
+    deadline, text = time.monotonic() + 30, ""
+    while time.monotonic() < deadline and not all(w in text for w in wanted):
+        time.sleep(0.5)
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            )
+        text = "\n".join(entry.message for entry in logs)
+    assert all(w in text for w in wanted), text
