@@ -127,7 +127,9 @@ class TrainingConfig(_Section):
     deterministic: bool = Field(
         False, description="Deterministic TensorFlow ops: bit-identical resumes, a little slower."
     )
-    require_gpu: bool = Field(False, description="Fail at once when no GPU is visible.")
+    require_gpu: bool = Field(
+        False, description="Fail at once when no GPU is visible or NVML and TensorFlow disagree."
+    )
     distribute: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
         "auto",
         description="auto: MirroredStrategy over several GPUs; mirrored: always; "
@@ -143,10 +145,10 @@ class TrainingConfig(_Section):
         5.0, ge=0, description="Seconds between GPU samples (NVML) while training; 0 = off."
     )
     gpu_idle_window: float = Field(
-        60.0, gt=0, description="Warn when a GPU's mean utilisation over this many seconds..."
+        60.0, gt=0, description="Seconds of training over which --gpu_idle_utilization is judged."
     )
     gpu_idle_utilization: float = Field(
-        30.0, ge=0, le=100, description="...is under this percentage (an idle, starved GPU)."
+        30.0, ge=0, le=100, description="Warn if a GPU's mean use over the window is under this %."
     )
     gpu_memory_warning: float = Field(
         0.95, gt=0, le=1, description="Warn when a GPU's memory use reaches this fraction."

@@ -302,6 +302,7 @@ class GpuMonitor:
         self._stats: dict[str, _Accumulator] = {}
         self._window: deque[tuple[float, tuple[float, ...]]] = deque()
         self._latest: tuple[GpuSample, ...] = ()
+        self._line = ""  # the latest sample formatted once, on the monitor's thread
         self._sequence = 0  # samples taken; new_scalars reports each one once
         self._reported = 0
         self._first: float | None = None
@@ -347,6 +348,7 @@ class GpuMonitor:
         """Read every GPU once; False (and one log line) when the readings fail."""
         try:
             readings = tuple(self._read(d) for d in self._devices)
+            line = ", ".join(s.line() for s in readings)
         except Exception as exc:
             return self._give_up(
                 f"GPU monitor stopped after {self._sequence} sample(s): {_error(exc)}; "
@@ -357,7 +359,7 @@ class GpuMonitor:
         with self._lock:
             for s in readings:
                 self._stats[s.gpu].add(s)
-            self._latest = readings
+            self._latest, self._line = readings, line
             self._sequence += 1
             self._first = now if self._first is None else self._first
             self._last = now
@@ -468,10 +470,7 @@ class GpuMonitor:
 
     def line(self) -> str:
         """The latest sample of every GPU, `GPU0 97% 31.2/80 GB, GPU1 ...`; '' without one."""
-        try:
-            return ", ".join(s.line() for s in self._latest)
-        except Exception:
-            return ""
+        return self._line
 
     def new_scalars(self) -> dict[str, float]:
         """TensorBoard scalars of the latest sample if it was not reported yet, per GPU."""
@@ -542,7 +541,10 @@ def record_attempt(checkpoint_dir: Path, summary: GpuSummary, steps: tuple[int, 
     """Append this training attempt's GPU summary to CHECKPOINT_DIR/gpu_usage.json."""
     attempts = read_usage(checkpoint_dir)
     attempts.append({"steps": list(steps), **summary.model_dump()})
-    atomic_write_json(Path(checkpoint_dir) / USAGE_FILE, {"attempts": attempts})
+    try:
+        atomic_write_json(Path(checkpoint_dir) / USAGE_FILE, {"attempts": attempts})
+    except OSError as exc:  # a record of GPU use is not worth failing a finished training
+        log.warning("could not record GPU use in %s: %s", checkpoint_dir, exc)
 
 
 def read_usage(checkpoint_dir: Path) -> list[dict]:

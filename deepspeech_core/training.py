@@ -354,6 +354,7 @@ def _train_locked(
 
 
 def _gpu_monitor(cfg: TrainingConfig, nvml: Any) -> GpuMonitor:
+    """The GPU monitor this training's settings ask for (started by the loop's caller)."""
     return GpuMonitor(
         nvml,
         interval=cfg.gpu_monitor_interval,
