@@ -22,6 +22,12 @@ from tests.fake_nvml import FakeGpu, FakeNVML, NVMLError
 LOGGER = "deepspeech_core.gpu_monitor"
 
 
+@pytest.fixture(autouse=True)
+def _all_gpus_visible(monkeypatch):
+    """The fake GPUs are all visible whatever CUDA_VISIBLE_DEVICES the machine sets."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 def _run(monitor: GpuMonitor, samples: int, step: float = 1.0) -> None:
     """Drive the monitor's thread steps by hand at times 0, step, 2 step, ..."""
     assert monitor.open()
@@ -244,23 +250,23 @@ def test_require_gpu_fails_fast_when_nvml_and_tensorflow_disagree(caplog):
     tf_gpu = ["/physical_device:GPU:0"]
     no_driver = FakeNVML(init_error=NVMLError("Driver Not Loaded"))
     with pytest.raises(DeviceError, match="TensorFlow sees 1 GPU.*Driver Not Loaded.*nvidia-smi"):
-        check_gpu_agreement(tf_gpu, True, no_driver, env=None)
+        check_gpu_agreement(tf_gpu, True, no_driver)
     with pytest.raises(DeviceError, match="NVML sees no GPU"):
-        check_gpu_agreement(tf_gpu, True, FakeNVML(gpus=[]), env=None)
+        check_gpu_agreement(tf_gpu, True, FakeNVML(gpus=[]))
     two = FakeNVML([FakeGpu(), FakeGpu(name="Tesla T4")])
     with pytest.raises(DeviceError, match=r"NVML sees 2 GPU.*Tesla T4.*TensorFlow sees none.*gpu"):
-        check_gpu_agreement([], True, two, env=None)
+        check_gpu_agreement([], True, two)
     # agreement, or no --require_gpu: no failure; GPUs TensorFlow cannot use are a warning
-    check_gpu_agreement(tf_gpu, True, FakeNVML(), env=None)
-    check_gpu_agreement(tf_gpu, False, no_driver, env=None)
+    check_gpu_agreement(tf_gpu, True, FakeNVML())
+    check_gpu_agreement(tf_gpu, False, no_driver)
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        check_gpu_agreement([], False, two, env=None)
+        check_gpu_agreement([], False, two)
     assert "would train on the CPU" in _messages(caplog)[0]
 
 
 def test_require_gpu_without_nvidia_ml_py_does_not_guess(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)
-    check_gpu_agreement(["/physical_device:GPU:0"], True, None, env=None)
+    check_gpu_agreement(["/physical_device:GPU:0"], True, None)
 
 
 def test_attempts_are_recorded_beside_the_checkpoints(tmp_path):

@@ -19,6 +19,14 @@ from tests.conftest import tiny_config
 from tests.fake_nvml import FakeGpu, FakeNVML
 
 MONITOR_LOGGER = "deepspeech_core.gpu_monitor"
+
+
+@pytest.fixture(autouse=True)
+def _all_gpus_visible(monkeypatch):
+    """The fake GPUs are all visible whatever CUDA_VISIBLE_DEVICES the machine sets."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+
 FAST = {"gpu_monitor_interval": 0.002, "gpu_idle_window": 0.05}
 
 
