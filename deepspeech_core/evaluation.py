@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class NothingToEvaluateError(ValueError):
     """The run has no test clips; the message says how to give some."""
 
+
 # Upper bounds (seconds) of the WER-by-duration rows; the last row is open-ended.
 DURATION_EDGES = (2.0, 4.0, 6.0, 8.0, 10.0)
 
