@@ -312,6 +312,24 @@ def promote_command(
     typer.echo(f"{export_dir / export_store.CURRENT} -> {version} (was {was})")
 
 
+@_command("status", help="What a work directory holds: corpus, trainings, exports, last run.")
+def status_command(
+    workdir: Annotated[Path, _opt("workdir", help="The work directory.")] = Path("deepspeech-data"),
+    checkpoint_dir: Annotated[
+        Path | None, _opt("checkpoint_dir", help="Trainings' folder [WORKDIR/checkpoints].")
+    ] = None,
+    export_dir: Annotated[
+        Path | None, _opt("export_dir", help="Exports' folder [WORKDIR/export].")
+    ] = None,
+    json_output: Annotated[bool, _opt("json", help="Print it as one JSON object.")] = False,
+) -> None:
+    from deepspeech_core.workdir_status import workdir_status
+    from deepspeech_flow.status_view import status_text
+
+    status = workdir_status(workdir, checkpoint_dir, export_dir)
+    typer.echo(status.model_dump_json(indent=2) if json_output else status_text(status))
+
+
 @_command("build-lm", help="Build a word n-gram language model (ARPA) for --scorer_path.")
 def build_lm(
     sources: Annotated[
