@@ -253,6 +253,7 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
         to_convert,
         workers,
     )
+    progress.report("import", len(jobs), 0)
     for done, (row, job, result) in enumerate(
         zip(todo, jobs, run_jobs(jobs, workers), strict=True), start=1
     ):

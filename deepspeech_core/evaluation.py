@@ -61,6 +61,7 @@ def decode_split(
     plan = batch_plan(index.n_frames, batch_size)
     eval_step = make_eval_step(model, n_input)
     done, started, last_log = 0, time.monotonic(), time.monotonic()
+    progress.report("evaluate", len(index), 0)
     for ids, batch in zip(plan, make_dataset(index, plan, n_input), strict=True):
         logits, batch_losses = eval_step(batch)
         logits, lengths = logits.numpy(), batch.feature_lengths.numpy()

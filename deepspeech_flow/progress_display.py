@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Column
 
 from deepspeech_core import progress
 from deepspeech_core.progress import StageProgress
+
+MIN_SECONDS = 0.5  # no rate is shown before the stage has run this long
 
 LABELS = {
     "import": "import audio",
@@ -58,7 +61,7 @@ class _Stage:
     def rate(self, now: float) -> float:
         """Units per second since this display first saw the stage (resumes excluded)."""
         elapsed = now - self.started
-        return (self.done - self.first_done) / elapsed if elapsed > 0 else 0.0
+        return (self.done - self.first_done) / elapsed if elapsed >= MIN_SECONDS else 0.0
 
     def eta(self, now: float, remaining: float) -> float:
         rate = self.rate(now)
@@ -71,10 +74,10 @@ class StageBars:
     def __init__(self, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.bars = Progress(
-            TextColumn("{task.description:<13}", markup=False),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[unit]}", markup=False),
+            TextColumn("{task.description}", markup=False, table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=20),
+            MofNCompleteColumn(table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[unit]}", markup=False, table_column=Column(no_wrap=True)),
             TextColumn("{task.fields[detail]}", markup=False),
             console=console,
             auto_refresh=console.is_terminal,
@@ -85,11 +88,13 @@ class StageBars:
 
     def __call__(self, event: StageProgress) -> None:
         now = self.clock()
+        seen = event.stage in self.stages
         stage = self._stage(event, now)
         if event.total:
             stage.total = event.total
         stage.done = event.done if event.done is not None else stage.done + event.advance
-        stage.audio_seconds += event.audio_seconds
+        if seen:  # the first report's work happened before the clock started
+            stage.audio_seconds += event.audio_seconds
         stage.info.update(event.info)
         self.bars.update(
             stage.task,
@@ -104,20 +109,23 @@ class StageBars:
             task = self.bars.add_task(
                 LABELS.get(event.stage, event.stage), total=None, unit=event.unit, detail=""
             )
-            start = event.done if event.done is not None else 0.0
+            start = event.done if event.done is not None else event.advance
             stage = self.stages[event.stage] = _Stage(task, now, start)
         return stage
 
     def _detail(self, name: str, stage: _Stage, now: float) -> str:
-        elapsed = max(now - stage.started, 1e-9)
-        speed = f"{stage.audio_seconds / elapsed:,.0f} audio-s/s" if stage.audio_seconds else ""
+        elapsed = now - stage.started
+        speed = ""
+        if stage.audio_seconds and elapsed >= MIN_SECONDS:
+            speed = f"{stage.audio_seconds / elapsed:,.0f} audio-s/s"
         if name == "train":
             return self._train_detail(stage, now, speed)
         if name == "export":
             return f"{stage.info.get('step', '')}  {duration(elapsed)}"
         eta = stage.eta(now, stage.total - stage.done)
-        parts = [f"{stage.rate(now):,.1f} {stage.info.get('unit', 'clips')}/s", speed]
-        return "  ".join(p for p in parts if p) + f"  ETA {duration(eta)}"
+        rate = stage.rate(now)
+        parts = [f"{rate:,.1f}/s" if rate else "", speed, f"ETA {duration(eta)}"]
+        return "  ".join(p for p in parts if p)
 
     @staticmethod
     def _train_detail(stage: _Stage, now: float, speed: str) -> str:
@@ -128,9 +136,8 @@ class StageBars:
         end_of_epoch = min((epoch + 1) * per_epoch, stage.total or math.inf)
         parts = [
             f"epoch {epoch + 1}/{info.get('epochs', '?')}",
-            f"step {int(stage.done) - epoch * per_epoch}/{per_epoch}",
             f"loss {float(info.get('loss', math.nan)):.3f}",
-            f"dev loss {dev:.3f}" if math.isfinite(dev) else "dev loss -",
+            f"dev {dev:.3f}" if math.isfinite(dev) else "dev -",
             speed,
             f"ETA epoch {duration(stage.eta(now, end_of_epoch - stage.done))}",
             f"run {duration(stage.eta(now, stage.total - stage.done))}",
