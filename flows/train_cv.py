@@ -117,7 +117,10 @@ def _export_with_promotion(config: PipelineConfig, result: PipelineResult, has_t
     if current is not None:
         exported_from = json.loads((current / "metadata.json").read_text()).get("checkpoint")
         if result.evaluation and exported_from == str(result.evaluation.checkpoint):
-            print(f"the current model {current.name} is this training's best checkpoint")
+            print(
+                f"the current model {current.name} is this training's best checkpoint: "
+                "nothing new to export (--export_* settings apply to the next new export)"
+            )
             return None
         if has_test:
             champion = evaluate_model_task(
