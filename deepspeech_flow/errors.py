@@ -103,8 +103,7 @@ class _HideExpectedTracebacks(logging.Filter):
             return False
         message = record.getMessage()
         return not (
-            record.levelno >= logging.ERROR
-            and "Finished in state Failed" in message
+            "Finished in state Failed" in message
             and any(kind_name in message for kind_name in _expected_names())
         )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from deepspeech_core.error_kinds import ErrorKind
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # noqa: F401 - Prefect logging set up outside CliRunner
 
@@ -78,3 +79,13 @@ def test_readme_commands_work_as_written(in_tmp, prefect_harness):
     assert Path("lm.arpa").is_file() and "3-gram" in out
     out = _invoke(readme_command("evaluate --corpus") + ["--beam_width", "16"])
     assert "test WER" in out
+
+    # an expected error inside the flow: one line, its exit code, recorded as the last run
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        result = CliRunner().invoke(app, ["train", "--corpus", "cv/en", "--require_gpu", *TINY])
+        assert result.exit_code == ErrorKind.DEVICE, result.output
+        assert result.output.startswith("error: --require_gpu") and "Traceback" not in result.output
+        status = json.loads(_invoke(["status", "--json"]))
+        assert status["last_run"]["outcome"].startswith("failed: DeviceError")

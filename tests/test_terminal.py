@@ -256,3 +256,20 @@ def test_expected_errors_are_not_retried_but_crashes_are(prefect_harness):
     with pytest.raises(RuntimeError):
         attempt(RuntimeError("worker lost"))
     assert attempts == ["RuntimeError"] * 3
+
+
+def test_prefect_console_log_drops_expected_errors_only():
+    import logging
+
+    from deepspeech_core.devices import DeviceError
+    from deepspeech_flow.errors import _HideExpectedTracebacks
+
+    def record(exc: Exception | None, message: str) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord("prefect.task_runs", logging.ERROR, "", 0, message, (), info)
+
+    keep = _HideExpectedTracebacks().filter
+    assert not keep(record(DeviceError("no GPU"), "Task run failed with exception"))
+    assert not keep(record(None, "Finished in state Failed('... DeviceError: no GPU')"))
+    assert keep(record(RuntimeError("boom"), "Task run failed with exception"))
+    assert keep(record(None, "Finished in state Failed('... RuntimeError: boom')"))
