@@ -174,16 +174,30 @@ def test_debug_shows_the_exception(tmp_path, no_flow):
     assert code == ErrorKind.DATA
 
 
-def test_the_real_command_answers_a_missing_corpus_in_under_2_s(tmp_path):
+PROBE = """
+import sys
+sys.argv = ["deepspeech-flow", "run", "--corpus", "/nonexistent/en"]
+import deepspeech_flow.cli as cli
+try:
+    cli.app()
+finally:
+    print("loaded:", [m for m in ("prefect", "tensorflow", "pandas") if m in sys.modules])
+"""
+
+
+def test_the_real_command_answers_before_importing_prefect_or_tensorflow(tmp_path):
+    """About a second on an idle 2-core machine: neither Prefect nor TensorFlow is loaded."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "deepspeech_flow.cli", "run", "--corpus", "/nonexistent/en"]
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == ErrorKind.DATA, done.stderr
-    assert done.stderr.strip().startswith("error: --corpus /nonexistent/en does not exist")
-    assert "Traceback" not in done.stderr and "Prefect" not in done.stderr + done.stdout
-    assert elapsed < 2.0 or os.cpu_count() <= 2 and elapsed < 6.0, elapsed
+    expected = "error: --corpus /nonexistent/en does not exist (or is not a folder)"
+    assert done.stderr.strip() == expected
+    assert "loaded: []" in done.stdout
+    assert elapsed < 15, elapsed  # Prefect's server alone takes 10-16 s to start here
 
 
 def _bool_fields() -> list[str]:
