@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -287,3 +288,51 @@ def test_prefect_console_log_drops_expected_errors_only():
     assert not keep(record(None, "Finished in state Failed('... DeviceError: no GPU')"))
     assert keep(record(RuntimeError("boom"), "Task run failed with exception"))
     assert keep(record(None, "Finished in state Failed('... RuntimeError: boom')"))
+
+
+def _fake_workdir(root: Path) -> Path:
+    """A work directory's files as the stages write them (no training needed)."""
+    import json
+
+    from deepspeech_core.workdir_status import record_last_run
+
+    (root / "reports").mkdir(parents=True)
+    splits = {
+        "train": {"clips": 30, "hours": 1.5, "rejected": {"too_long": 2, "bad_row": 1}},
+        "test": {"clips": 5, "hours": 0.25, "rejected": {}},
+    }
+    (root / "reports" / "validation.json").write_text(json.dumps({"splits": splits}))
+    training = root / "checkpoints" / "0123456789ab"
+    (training / "train").mkdir(parents=True)
+    (training / "model.json").write_text("{}")
+    (training / "history.json").write_text('{"train_loss": [3, 2, 1], "dev_loss": [4, 2.5, 3]}')
+    (training / "train" / "checkpoint").write_text('model_checkpoint_path: "ckpt-42"\n')
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+    (training / "train.lock").write_text(json.dumps(lock))
+    for version, wer in (("v1", 0.31), ("v2", 0.42)):
+        (root / "export" / version).mkdir(parents=True)
+        meta = {"test_wer": wer, "test_cer": wer / 2, "created": "2026-01-01T00:00:00+00:00"}
+        (root / "export" / version / "metadata.json").write_text(json.dumps(meta))
+    (root / "export" / "current").symlink_to("v1")
+    outcome = "failed: CorpusError: no clips"
+    record_last_run(root, "export", time.time() - 5, outcome, {"validate": 1.5})
+    return root
+
+
+def test_status_shows_corpus_trainings_exports_and_last_run(tmp_path):
+    workdir = _fake_workdir(tmp_path / "w")
+    code, out = _run_cli(["status", "--workdir", str(workdir)])
+    assert code == 0, out
+    assert "(free)" in out.splitlines()[0]
+    assert re.search(r"train\s+30 clips\s+1.50 h\s+rejected: bad_row 1, too_long 2", out)
+    assert re.search(r"0123456789ab\s+step\s+42\s+epochs\s+3\s+best dev loss\s+2.500", out)
+    assert f"in use by pid {os.getpid()}" in out
+    assert re.search(r"current -> v1\s+test WER\s+0.3100", out)
+    assert re.search(r"\bv2\s+test WER\s+0.4200", out)
+    assert "failed: CorpusError: no clips" in out and "validate 1.5 s" in out
+    code, out = _run_cli(["status", "--workdir", str(workdir), "--json"])
+    data = __import__("json").loads(out)
+    assert [e["current"] for e in data["exports"]] == [True, False]
+    assert data["trainings"][0]["held_by"]["pid"] == os.getpid()
+    code, out = _run_cli(["status", "--workdir", str(tmp_path / "none")])
+    assert code == 0 and "no such work directory" in out
