@@ -474,6 +474,8 @@ class _Loop:
                 self.eval_step, self.dev_index, cfg.dev_batch_size, self.feature_cfg.n_input
             )
             self.history["dev_loss"].append(loss)
+            total = cfg.epochs * self.steps_per_epoch  # the display shows the new dev loss
+            self._report(epoch, state.int("step"), total, train_loss, 0.0)
         log.info(
             "epoch %d: train loss %.3f, %s loss %.3f",
             epoch,

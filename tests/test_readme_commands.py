@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from deepspeech_core import progress
 from deepspeech_core.error_kinds import ErrorKind
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # noqa: F401 - Prefect logging set up outside CliRunner
@@ -40,6 +41,25 @@ def _invoke(args: list[str]) -> str:
     return result.output
 
 
+def _check_progress_reports(events: list[progress.StageProgress]) -> None:
+    """Every stage reported; counts add up; training's last report has the new dev loss."""
+
+    def of(stage: str) -> list[progress.StageProgress]:
+        return [e for e in events if e.stage == stage]
+
+    assert {e.stage for e in events} == set(progress.STAGES)
+    assert of("import")[-1].done == of("import")[-1].total > 0
+    clips = of("features")[-1].total
+    assert sum(e.advance for e in of("features")) == clips == of("features")[-1].done > 0
+    steps = [e.done for e in of("train")]
+    assert steps == sorted(steps) and steps[-1] == of("train")[-1].total
+    history_file = next(Path("deepspeech-data/checkpoints").rglob("history.json"))
+    history = json.loads(history_file.read_text())
+    assert of("train")[-1].info["dev_loss"] == pytest.approx(history["dev_loss"][-1])
+    assert of("evaluate")[-1].done == of("evaluate")[-1].total > 0
+    assert of("export")[-1].done == 3 and of("export")[-1].info["step"] == "v1"
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch, tiny_cv):
     """A working folder where the README's paths exist: cv-corpus-6.1/en, clip.wav, ..."""
@@ -55,8 +75,11 @@ def in_tmp(tmp_path, monkeypatch, tiny_cv):
 def test_readme_commands_work_as_written(in_tmp, prefect_harness):
     run = readme_command("run --corpus")
     assert run[:3] == ["run", "--corpus", "cv-corpus-6.1/en"]
-    out = _invoke(run + TINY)
+    events: list[progress.StageProgress] = []
+    with progress.listening(events.append):  # what the terminal's progress bars are fed
+        out = _invoke(run + TINY)
     assert "exported:" in out and "now current" in out
+    _check_progress_reports(events)
     workdir = in_tmp / "deepspeech-data"
     assert (workdir / "export" / "current").is_symlink()
 
