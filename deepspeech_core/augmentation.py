@@ -90,7 +90,8 @@ class FrequencyMask(Augmentation):
     def apply(self, x, rng, clock, ctx):
         x = x.copy()
         for _ in range(max(0, self.value("n", rng, clock))):
-            size = max(0, self.value("size", rng, clock))
+            # DeepSpeech clamps a drawn size into [1, bands - 1]
+            size = max(1, min(x.shape[1] - 1, self.value("size", rng, clock)))
             start = int(rng.integers(0, max(1, x.shape[1] - size + 1)))
             x[:, start : start + size] = 0.0
         return x
@@ -103,6 +104,7 @@ class TimeMask(Augmentation):
         x = x.copy()
         for _ in range(max(0, self.value("n", rng, clock))):
             frames = int(round(self.value("size", rng, clock) / ctx["win_step_ms"]))
+            frames = max(1, min(len(x) - 1, frames))  # DeepSpeech's clamp of a drawn size
             start = int(rng.integers(0, max(1, len(x) - frames + 1)))
             x[start : start + frames] = 0.0
         return x
@@ -120,7 +122,9 @@ class Add(Augmentation):
     defaults = {"stddev": ("5", False)}
 
     def apply(self, x, rng, clock, ctx):
-        noise = rng.normal(0.0, self.value("stddev", rng, clock), x.shape)
+        # A draw below 0 (e.g. from 0~0.5) acts as its magnitude, as in DeepSpeech, whose
+        # stateless_normal scales unit noise by the (signed) stddev.
+        noise = rng.normal(0.0, abs(self.value("stddev", rng, clock)), x.shape)
         return (x + noise).astype(np.float32)
 
 
@@ -128,7 +132,8 @@ class Multiply(Augmentation):
     defaults = {"stddev": ("5", False)}
 
     def apply(self, x, rng, clock, ctx):
-        return (x * rng.normal(1.0, self.value("stddev", rng, clock), x.shape)).astype(np.float32)
+        stddev = abs(self.value("stddev", rng, clock))  # as Add: a negative draw flips sign
+        return (x * rng.normal(1.0, stddev, x.shape)).astype(np.float32)
 
 
 def _resize(x: np.ndarray, length: int, axis: int) -> np.ndarray:
@@ -180,6 +185,31 @@ AUGMENTATIONS: dict[str, type[Augmentation]] = {
 }
 
 
+# DeepSpeech's `domain` parameter: where time_mask, dropout, add and multiply apply.
+DOMAINS = ("signal", "spectrogram", "features")
+DOMAIN_AWARE = ("time_mask", "dropout", "add", "multiply")
+
+
+def _domain(name: str, domain: str | None, spec: str) -> str | None:
+    """The `domain` given to an augmentation that has one (DeepSpeech's values).
+
+    `signal` applies the augmentation to the audio samples (in the augmented copy of
+    the training clips); `spectrogram` and `features` both apply it to the cached MFCCs,
+    the one representation this pipeline keeps (DeepSpeech's spectrogram is not stored).
+    """
+    if domain is None:
+        return None
+    if name not in DOMAIN_AWARE:
+        raise AugmentationError(
+            f"{spec!r}: {name} has no domain parameter; DeepSpeech's "
+            + ", ".join(DOMAIN_AWARE)
+            + " have one"
+        )
+    if domain not in DOMAINS:
+        raise AugmentationError(f"{spec!r}: domain must be one of {', '.join(DOMAINS)}")
+    return domain
+
+
 def parse_augmentation(spec: str) -> Augmentation:
     """`name[p=0.8,n=2:4,size=2:4]` -> an Augmentation with every parameter filled."""
     match = re.fullmatch(r"\s*([a-z_]+)\s*(?:\[(.*)\])?\s*", spec)
@@ -199,6 +229,7 @@ def parse_augmentation(spec: str) -> Augmentation:
     p = float(given.pop("p", "1.0"))
     if not 0 <= p <= 1:
         raise AugmentationError(f"{spec!r}: p must be between 0 and 1")
+    domain = _domain(name, given.pop("domain", None), spec)
     unknown = set(given) - set(cls.defaults)
     if unknown:
         raise AugmentationError(
@@ -211,6 +242,8 @@ def parse_augmentation(spec: str) -> Augmentation:
         if key not in cls.text_params
     }
     texts = {key: given.get(key, cls.defaults[key][0]) for key in cls.text_params}
+    if domain == "signal":
+        return OnSignal(p=p, params=params, texts={"name": name})
     augmentation = cls(p=p, params=params, texts=texts)
     augmentation.check()
     return augmentation
@@ -410,6 +443,19 @@ def _overlay_sources(source: str, rate: int) -> tuple[np.ndarray, ...]:
         except AudioError:
             continue
     return tuple(audio)
+
+
+class OnSignal(SampleAugmentation):
+    """time_mask, dropout, add or multiply with domain=signal: on the audio samples.
+
+    The same code as on features, with one "frame" per sample: a time_mask size in
+    milliseconds covers that much audio, add's stddev is in full-scale units ([-1, 1]).
+    """
+
+    def apply_audio(self, audio, rate, rng, clock):
+        inner = AUGMENTATIONS[self.texts["name"]](p=1.0, params=self.params)
+        ctx = {"win_step_ms": 1000.0 / rate, "min_frames": 0}
+        return inner.apply(audio.reshape(-1, 1), rng, clock, ctx).reshape(-1).astype(np.float64)
 
 
 SAMPLE_AUGMENTATIONS: dict[str, type[SampleAugmentation]] = {

@@ -96,7 +96,9 @@ class TrainingConfig(_Section):
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
     epsilon: float = Field(1e-8, gt=0, description="Adam epsilon.")
     seed: int = Field(4568, description="DeepSpeech's --random_seed.")
-    checkpoint_dir: Path | None = Field(None, description="Default: WORKDIR/checkpoints.")
+    checkpoint_dir: Path | None = Field(
+        None, description="Default: WORKDIR/checkpoints/<training data fingerprint>."
+    )
     checkpoint_steps: int = Field(500, ge=1, description="Save a checkpoint every N steps.")
     checkpoint_secs: int = Field(600, ge=1, description="...and every N seconds.")
     max_to_keep: int = Field(5, ge=1, description="Periodic checkpoints kept.")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepspeech_core import progress
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.audio_import import (
     ImportResult,
@@ -245,12 +246,14 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
         log.info("removed %d partial file(s) left by an interrupted import", stale)
     jobs = [plan_job(r.audio, clips_dir, features.audio_sample_rate) for r in todo]
     workers = cfg.import_workers or os.cpu_count() or 1
+    to_convert = sum(j.source != j.target and not Path(j.target).is_file() for j in jobs)
     log.info(
-        "reading %d clips (%d to import) with %d workers",
+        "reading %d clips (%d to convert, the rest ready) with %d workers",
         len(jobs),
-        sum(j.source != j.target for j in jobs),
+        to_convert,
         workers,
     )
+    progress.report("import", len(jobs), 0)
     for done, (row, job, result) in enumerate(
         zip(todo, jobs, run_jobs(jobs, workers), strict=True), start=1
     ):
@@ -260,6 +263,7 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
         else:
             row.wav = Path(job.target)
             _check_duration(row, features, cfg.max_duration)
+        progress.report("import", len(jobs), done, audio_seconds=row.duration)
         if done % 2000 == 0:
             log.info("read %d/%d clips", done, len(jobs))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepspeech_core import progress
 from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import EvaluationConfig
 from deepspeech_core.dataset import SplitIndex, batch_plan, make_dataset
@@ -25,6 +26,11 @@ from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, 
 from deepspeech_core.metrics import ErrorCounts, error_counts
 
 log = logging.getLogger(__name__)
+
+
+class NothingToEvaluateError(ValueError):
+    """The run has no test clips; the message says how to give some."""
+
 
 # Upper bounds (seconds) of the WER-by-duration rows; the last row is open-ended.
 DURATION_EDGES = (2.0, 4.0, 6.0, 8.0, 10.0)
@@ -55,6 +61,7 @@ def decode_split(
     plan = batch_plan(index.n_frames, batch_size)
     eval_step = make_eval_step(model, n_input)
     done, started, last_log = 0, time.monotonic(), time.monotonic()
+    progress.report("evaluate", len(index), 0)
     for ids, batch in zip(plan, make_dataset(index, plan, n_input), strict=True):
         logits, batch_losses = eval_step(batch)
         logits, lengths = logits.numpy(), batch.feature_lengths.numpy()
@@ -62,6 +69,8 @@ def decode_split(
             losses[i] = batch_losses[j]
             texts[i] = decoder.decode(logits[j, : lengths[j]])
         done += len(ids)
+        seconds = float(index.durations[ids].sum())
+        progress.report("evaluate", len(index), done, audio_seconds=seconds)
         if time.monotonic() - last_log > 30:
             last_log = time.monotonic()
             log.info(
@@ -142,7 +151,7 @@ def evaluate(
 ) -> EvaluationManifest:
     """Decode `split` with the best checkpoint; write evaluation.json and test_output.json."""
     if split not in feature_manifest.indexes:
-        raise ValueError(
+        raise NothingToEvaluateError(
             f"no {split} split to evaluate: give --test_files or a corpus with test.tsv"
         )
     model, spec, prefix = load_model(checkpoint_dir, "best")

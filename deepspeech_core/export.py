@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepspeech_core import export_store, gpu_monitor
+from deepspeech_core import export_store, gpu_monitor, progress
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.checkpoints import ModelSpec, load_model, save_inference_checkpoint
 from deepspeech_core.config import ExportConfig
@@ -223,12 +223,15 @@ def export_model(
         log.info("removed %d partial export(s) left by an interrupted run", stale)
     staging, name = export_store.new_staging(export_dir)
     try:
+        progress.report("export", 3, 0, unit="steps", step="SavedModel")
         write_saved_model(model, spec, staging / "saved_model")
+        progress.report("export", 3, 1, unit="steps", step="TFLite" * cfg.export_tflite)
         tflite: dict[str, TFLiteModel] = {}
         if cfg.export_tflite:
             if not verify_clips:
                 raise ValueError("the TFLite export needs clips to check the conversion with")
             tflite = export_tflite(model, spec, staging, verify_clips)
+        progress.report("export", 3, 2, unit="steps", step="checkpoint, metadata")
         save_inference_checkpoint(model, spec, staging / "checkpoint")
         spec.alphabet.save(staging / "alphabet.txt")
         metadata = _metadata(model, spec, prefix, cfg, evaluation, corpus)
@@ -239,6 +242,7 @@ def export_model(
         version = export_store.commit(staging, name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    progress.report("export", 3, 3, unit="steps", step=version.name)
     link = export_store.promote(export_dir, version) if promote else None
     size = dir_size(version / "saved_model")
     log.info("exported %s (SavedModel %.1f MB)", version, size / 1e6)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepspeech_core import progress
 from deepspeech_core.audio import read_wav_int16
 from deepspeech_core.audio_import import remove_stale_temporaries
 from deepspeech_core.augmentation import augment_audio, parse_augmentations
@@ -136,6 +137,8 @@ def build_shard(job: ShardJob) -> ShardResult:
             augmented.append(changed)
             audio_samples += len(samples)
         arrays += extractor.batch(batch)
+        seconds = sum(len(s) for s in batch) / rate
+        progress.report("features", 0, advance=len(batch), audio_seconds=seconds)
     lengths = np.array([len(a) for a in arrays], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     data = np.concatenate(arrays).astype(np.float32) if arrays else np.zeros((0, 26), np.float32)
@@ -246,7 +249,9 @@ def _ensure_clips(
         len({h for h, _ in missing}),
         len(jobs),
     )
+    progress.report("features", len(missing), 0)
     results = map_fn(build_shard, jobs) if jobs else []
+    progress.report("features", len(missing), len(missing))
     for r in results:
         rate = r.audio_seconds / max(r.seconds, 1e-9)
         log.info(

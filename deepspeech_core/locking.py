@@ -46,6 +46,28 @@ def _try_create(path: Path, owner: dict) -> bool:
     return True
 
 
+def _live_holder(path: Path) -> dict | None:
+    """The owner recorded in lock file `path` if it may still be running, else None."""
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(holder, dict) or not holder:
+        return None
+    if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", -1))):
+        return None  # stale: a crashed run's lock, taken over by the next one
+    return holder
+
+
+def workdir_holder(workdir: Path) -> dict | None:
+    """Who holds WORKDIR/run.lock ({pid, host, started}), or None when it is free.
+
+    Lets a command say "busy" before it starts anything (the lock itself is taken by the
+    flow); a lock left by a dead process on this host counts as free.
+    """
+    return _live_holder(Path(workdir) / "run.lock")
+
+
 def training_lock(checkpoint_dir: Path):
     """Hold CHECKPOINT_DIR/train.lock for the duration of the block."""
     return directory_lock(

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from deepspeech_core import progress
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.augmentation import AugmentationPlan, parse_augmentations, split_specs
 from deepspeech_core.checkpoints import (
@@ -465,6 +466,23 @@ class _Loop:
                         tf.summary.scalar(name, value)
             if self.on_progress is not None:
                 self.on_progress(Progress(epoch, step, total_steps, loss, speed, gpu))
+            self._report(epoch, step, total_steps, loss, float(index.durations[ids].sum()))
+
+    def _report(self, epoch: int, step: int, total: int, loss: float, seconds: float) -> None:
+        """Where training is, for a progress display (deepspeech_core.progress)."""
+        dev = self.history.get("dev_loss") or [float("nan")]
+        progress.report(
+            "train",
+            total,
+            step,
+            unit="steps",
+            audio_seconds=seconds,
+            epoch=epoch,
+            epochs=self.cfg.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            loss=loss,
+            dev_loss=dev[-1],
+        )
 
     def _bad_batch(self, loss: float, ids: np.ndarray) -> None:
         """Skip a batch with an inf/NaN loss; stop when there are too many."""
@@ -490,6 +508,8 @@ class _Loop:
                 self.eval_step, self.dev_index, cfg.dev_batch_size, self.feature_cfg.n_input
             )
             self.history["dev_loss"].append(loss)
+            total = cfg.epochs * self.steps_per_epoch  # the display shows the new dev loss
+            self._report(epoch, state.int("step"), total, train_loss, 0.0)
         log.info(
             "epoch %d: train loss %.3f, %s loss %.3f",
             epoch,

@@ -26,12 +26,43 @@ from deepspeech_flow.config_loading import (  # noqa: E402
     build_config,
     split_files,
 )
+from deepspeech_flow.errors import (  # noqa: E402
+    ConfigError,
+    debug_enabled,
+    one_line,
+    quiet_expected_errors_in_prefect_log,
+    reported,
+    set_debug,
+)
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Train DeepSpeech models with an orchestrated, resumable Prefect pipeline.",
 )
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show the full traceback of every error (also DEEPSPEECH_FLOW_DEBUG=1)."
+        ),
+    ] = False,
+) -> None:
+    """Errors the user can fix print one line and exit with their code; --debug shows more."""
+    set_debug(debug)
+
+
+def _command(name: str, **kwargs):
+    """app.command, with expected errors reported as one line and an exit code."""
+
+    def register(fn):
+        app.command(name, **kwargs)(reported(fn))
+        return fn
+
+    return register
 
 
 def _opt(*names: str, help: str):  # noqa: A002 - typer's keyword
@@ -45,8 +76,11 @@ def _opt(*names: str, help: str):  # noqa: A002 - typer's keyword
 
 
 def _bool_opt(name: str, help: str):  # noqa: A002
+    """--x_y/--no_x_y, and every dashed or mixed spelling of both (--no-x_y, --no-x-y)."""
     dashed = name.replace("_", "-")
-    decls = [f"--{name}/--no_{name}"] + ([f"--{dashed}/--no-{dashed}"] if dashed != name else [])
+    decls = [f"--{name}/--no_{name}", f" /--no-{name}"]
+    if dashed != name:
+        decls += [f"--{dashed}/--no-{dashed}", f" /--no_{dashed}"]
     return typer.Option(*decls, help=help, show_default=False)
 
 
@@ -81,6 +115,16 @@ def _stage_parameters() -> list[inspect.Parameter]:
                     help="current|scratch: a new training (new data) starts from the exported "
                     "model in use, or afresh. [current]",
                 ),
+            ],
+        )
+    )
+    params.append(
+        inspect.Parameter(
+            "debug",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[
+                bool, typer.Option("--debug", help="Show the traceback of an error.")
             ],
         )
     )
@@ -128,26 +172,34 @@ def _stage_command(target: str, reuse_trained_model: bool):
         retrain_from = options.pop("retrain_from") or "current"
         if retrain_from not in ("current", "scratch"):
             raise typer.BadParameter("choose current or scratch", param_hint="--retrain_from")
+        set_debug(options.pop("debug") or debug_enabled())
         try:
             cfg = build_config(config_file, _flag_values(options))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
+        except ValueError as exc:  # pydantic's ValidationError, a bad --augment, the YAML
+            raise ConfigError(one_line(exc)) from exc
         _run_flow(cfg, target, reuse_trained_model, retrain_from)
 
+    command = reported(command)
     command.__signature__ = inspect.Signature(_stage_parameters())
     return command
 
 
 def _run_flow(cfg, target: str, reuse_trained_model: bool, retrain_from: str) -> None:
+    """Check what can be checked at once, then run the flow (Prefect starts here)."""
+    from deepspeech_flow.preflight import check_before_run
+
+    check_before_run(cfg.resolved())
+    from deepspeech_flow.progress_display import stage_bars
     from flows.train_cv import train_cv
 
     started = time.monotonic()
-    result = train_cv(
-        config=cfg,
-        target=target,
-        reuse_trained_model=reuse_trained_model,
-        retrain_from=retrain_from,
-    )
+    with quiet_expected_errors_in_prefect_log(), stage_bars():
+        result = train_cv(
+            config=cfg,
+            target=target,
+            reuse_trained_model=reuse_trained_model,
+            retrain_from=retrain_from,
+        )
     elapsed = time.monotonic() - started
     typer.echo("")
     typer.echo(
@@ -191,7 +243,7 @@ def _decoder_help(field: str) -> str:
     return _field_help("evaluation", field)[1]
 
 
-@app.command("transcribe", help="Transcribe audio files with an exported model.")
+@_command("transcribe", help="Transcribe audio files with an exported model.")
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="wav/mp3/flac files, any rate.")],
     model: Annotated[
@@ -241,7 +293,7 @@ def transcribe(
         raise typer.Exit(code=1)
 
 
-@app.command("promote", help="Make an exported version the current model (export/current).")
+@_command("promote", help="Make an exported version the current model (export/current).")
 def promote_command(
     version: Annotated[str, typer.Argument(help="The version to make current, e.g. v3.")],
     export_dir: Annotated[Path, _opt("export_dir", help="The export directory.")] = Path(
@@ -260,7 +312,25 @@ def promote_command(
     typer.echo(f"{export_dir / export_store.CURRENT} -> {version} (was {was})")
 
 
-@app.command("build-lm", help="Build a word n-gram language model (ARPA) for --scorer_path.")
+@_command("status", help="What a work directory holds: corpus, trainings, exports, last run.")
+def status_command(
+    workdir: Annotated[Path, _opt("workdir", help="The work directory.")] = Path("deepspeech-data"),
+    checkpoint_dir: Annotated[
+        Path | None, _opt("checkpoint_dir", help="Trainings' folder [WORKDIR/checkpoints].")
+    ] = None,
+    export_dir: Annotated[
+        Path | None, _opt("export_dir", help="Exports' folder [WORKDIR/export].")
+    ] = None,
+    json_output: Annotated[bool, _opt("json", help="Print it as one JSON object.")] = False,
+) -> None:
+    from deepspeech_core.workdir_status import workdir_status
+    from deepspeech_flow.status_view import status_text
+
+    status = workdir_status(workdir, checkpoint_dir, export_dir)
+    typer.echo(status.model_dump_json(indent=2) if json_output else status_text(status))
+
+
+@_command("build-lm", help="Build a word n-gram language model (ARPA) for --scorer_path.")
 def build_lm(
     sources: Annotated[
         list[Path],
@@ -286,7 +356,7 @@ def build_lm(
     typer.echo(f"{out}: {order}-gram model of {len(sentences)} sentences, {words} words")
 
 
-@app.command("make-demo-corpus", help="Speak a small Common Voice-style corpus with espeak-ng.")
+@_command("make-demo-corpus", help="Speak a small Common Voice-style corpus with espeak-ng.")
 def make_demo_corpus_command(
     out_dir: Annotated[Path, typer.Argument(help="Output folder; the locale dir is OUT_DIR/en.")],
     count: Annotated[int, typer.Option(help="Number of clips.")] = 400,

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from deepspeech_core.config import PipelineConfig
+from deepspeech_flow.errors import ConfigError
 
 # flag name (DeepSpeech's spelling) -> (config section, field); None = top level
 FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
@@ -101,9 +102,23 @@ def split_files(value: str | None) -> list[str] | None:
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """The --config file's sections; a missing or malformed file is a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--config {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise ValueError(
+        raise ConfigError(
             f"{path}: expected a mapping of config sections, got {type(data).__name__}"
         )
     return data

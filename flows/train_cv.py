@@ -23,6 +23,7 @@ from deepspeech_core.locking import workdir_lock
 from deepspeech_core.manifests import FeatureCacheManifest, PipelineResult
 from deepspeech_core.promotion import comparison_markdown, decide
 from deepspeech_core.training_runs import checkpoint_dir_for, has_trained_model, latest_trained
+from deepspeech_core.workdir_status import record_last_run
 from tasks.evaluate import evaluate_model_task
 from tasks.export import export_model_task
 from tasks.features import build_feature_cache_stage
@@ -116,7 +117,10 @@ def _export_with_promotion(config: PipelineConfig, result: PipelineResult, has_t
     if current is not None:
         exported_from = json.loads((current / "metadata.json").read_text()).get("checkpoint")
         if result.evaluation and exported_from == str(result.evaluation.checkpoint):
-            print(f"the current model {current.name} is this training's best checkpoint")
+            print(
+                f"the current model {current.name} is this training's best checkpoint: "
+                "nothing new to export (--export_* settings apply to the next new export)"
+            )
             return None
         if has_test:
             champion = evaluate_model_task(
@@ -166,13 +170,25 @@ def train_cv(
     """
     config = with_overrides(config, workdir, corpus).resolved()
     with workdir_lock(config.workdir):
-        return _run(config, target, reuse_trained_model, retrain_from)
+        result, outcome, started = PipelineResult(), "failed", time.time()
+        try:
+            _run(config, target, reuse_trained_model, retrain_from, result)
+            outcome = "completed"
+            return result
+        except Exception as exc:
+            outcome = f"failed: {type(exc).__name__}: {exc}"
+            raise
+        finally:  # what `deepspeech-flow status` shows as the last run
+            record_last_run(config.workdir, target, started, outcome, result.stage_seconds)
 
 
 def _run(
-    config: PipelineConfig, target: Stage, reuse_trained_model: bool, retrain_from: RetrainFrom
+    config: PipelineConfig,
+    target: Stage,
+    reuse_trained_model: bool,
+    retrain_from: RetrainFrom,
+    result: PipelineResult,
 ) -> PipelineResult:
-    result = PipelineResult()
     last = STAGES.index(target)
 
     def timed(stage: str, fn, *args, **kwargs):

@@ -12,6 +12,7 @@ from deepspeech_core.config import PipelineConfig
 from deepspeech_core.evaluation import evaluate
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, Metrics
 from tasks.reporting import core_logs_to_run_log
+from tasks.retry import retry_unless_expected
 
 
 def _metrics_table(title: str, rows: dict[str, Metrics]) -> list[str]:
@@ -41,7 +42,12 @@ def evaluation_markdown(manifest: EvaluationManifest) -> str:
     )
 
 
-@task(name="evaluate_model", task_run_name="evaluate-{label}", cache_policy=NO_CACHE)
+@task(
+    name="evaluate_model",
+    task_run_name="evaluate-{label}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_expected,
+)
 def evaluate_model_task(
     config: PipelineConfig,
     features: FeatureCacheManifest,

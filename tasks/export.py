@@ -15,9 +15,15 @@ from deepspeech_core.manifests import (
     FeatureCacheManifest,
 )
 from tasks.reporting import core_logs_to_run_log
+from tasks.retry import retry_unless_expected
 
 
-@task(name="export_model", task_run_name="export-model", cache_policy=NO_CACHE)
+@task(
+    name="export_model",
+    task_run_name="export-model",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_expected,
+)
 def export_model_task(
     config: PipelineConfig,
     evaluation: EvaluationManifest | None,

@@ -19,9 +19,15 @@ from deepspeech_core.config import ExecutionConfig, PipelineConfig
 from deepspeech_core.feature_cache import ShardJob, ShardResult, build_feature_cache, build_shard
 from deepspeech_core.manifests import CorpusManifest, FeatureCacheManifest
 from tasks.reporting import core_logs_to_run_log
+from tasks.retry import retry_unless_expected
 
 
-@task(name="featurise_shard", task_run_name="featurise-shard-{job.name}", cache_policy=NO_CACHE)
+@task(
+    name="featurise_shard",
+    task_run_name="featurise-shard-{job.name}",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_expected,
+)
 def featurise_shard_task(job: ShardJob) -> ShardResult:
     return build_shard(job)
 

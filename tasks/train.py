@@ -20,6 +20,7 @@ from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
 from deepspeech_core.plots import plot_loss
 from deepspeech_core.training import Progress, train
 from tasks.reporting import core_logs_to_run_log
+from tasks.retry import retry_unless_expected
 
 
 class _ProgressReporter:
@@ -67,7 +68,13 @@ def _loss_curve_artifact(config: PipelineConfig, manifest: TrainedModelManifest)
     )
 
 
-@task(name="train_model", task_run_name="train-model", cache_policy=NO_CACHE, retry_delay_seconds=5)
+@task(
+    name="train_model",
+    task_run_name="train-model",
+    cache_policy=NO_CACHE,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_unless_expected,
+)
 def train_model_task(
     config: PipelineConfig, features: FeatureCacheManifest
 ) -> TrainedModelManifest:

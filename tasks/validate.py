@@ -14,6 +14,7 @@ from deepspeech_core.config import PipelineConfig
 from deepspeech_core.corpus import REASONS, validate_corpus
 from deepspeech_core.manifests import CorpusManifest
 from tasks.reporting import core_logs_to_run_log
+from tasks.retry import retry_unless_expected
 
 
 def alphabet_for(config: PipelineConfig, from_current_export: bool = True) -> Path | None:
@@ -78,7 +79,12 @@ def _report_artifacts(manifest: CorpusManifest) -> None:
     )
 
 
-@task(name="validate_corpus", task_run_name="validate-corpus", cache_policy=NO_CACHE)
+@task(
+    name="validate_corpus",
+    task_run_name="validate-corpus",
+    cache_policy=NO_CACHE,
+    retry_condition_fn=retry_unless_expected,
+)
 def validate_corpus_task(
     config: PipelineConfig, alphabet_from_current_export: bool = True
 ) -> CorpusManifest:

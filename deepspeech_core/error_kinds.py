@@ -1,0 +1,67 @@
+"""Which errors are expected (the user can fix them) and which a retry could fix.
+
+An expected error is one whose message already says what is wrong and what to do: a
+bad corpus, bad flags, a busy directory, an incompatible checkpoint. The command line
+prints its message as one line with an exit code per kind, and a Prefect retry of such
+an error would only fail again (and print three more tracebacks), so tasks fail at once.
+
+Errors are matched by class name along the exception's MRO, so this module imports
+neither TensorFlow nor the stage modules that define them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorKind(IntEnum):
+    """The kind of an expected error; its value is the command's exit code."""
+
+    CONFIG = 2  # flags, --config file, --augment spec (2 = click's usage-error code)
+    DATA = 3  # corpus, CSVs, audio, feature cache
+    BUSY = 4  # a work or checkpoint directory held by another run
+    CHECKPOINT = 5  # no trained model, incompatible checkpoint or alphabet
+    DEVICE = 6  # --require_gpu without a GPU, a bad distribution set-up
+    TRAINING = 7  # training cannot go on (too many inf/NaN batches)
+    EXPORT = 8  # the export directory or an export's check
+
+
+# "module.Class" -> kind; subclasses inherit their base's kind.
+_KINDS: dict[str, ErrorKind] = {
+    "deepspeech_core.augmentation.AugmentationError": ErrorKind.CONFIG,
+    "deepspeech_core.decoding.DecoderError": ErrorKind.CONFIG,
+    "pydantic_core._pydantic_core.ValidationError": ErrorKind.CONFIG,
+    "yaml.error.YAMLError": ErrorKind.CONFIG,
+    "deepspeech_flow.errors.ConfigError": ErrorKind.CONFIG,
+    "deepspeech_core.corpus.CorpusError": ErrorKind.DATA,
+    "deepspeech_core.tables.TableError": ErrorKind.DATA,
+    "deepspeech_core.audio.AudioError": ErrorKind.DATA,
+    "deepspeech_core.demo_corpus.DemoCorpusError": ErrorKind.DATA,
+    "deepspeech_core.evaluation.NothingToEvaluateError": ErrorKind.DATA,
+    "deepspeech_flow.errors.DataError": ErrorKind.DATA,
+    "deepspeech_core.locking.LockedError": ErrorKind.BUSY,
+    "deepspeech_core.checkpoints.CheckpointError": ErrorKind.CHECKPOINT,
+    "deepspeech_core.training_state.CheckpointStateError": ErrorKind.CHECKPOINT,
+    "deepspeech_core.devices.DeviceError": ErrorKind.DEVICE,
+    "deepspeech_core.training.TrainingError": ErrorKind.TRAINING,
+    "deepspeech_core.export_store.ExportStoreError": ErrorKind.EXPORT,
+    "deepspeech_core.tflite_export.TFLiteMismatchError": ErrorKind.EXPORT,
+}
+
+
+def error_kind(exc: BaseException) -> ErrorKind | None:
+    """The kind of an expected error, or None for an unexpected one (a bug, a crash)."""
+    for cls in type(exc).__mro__:
+        kind = _KINDS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if kind is not None:
+            return kind
+    return None
+
+
+def retry_can_fix(exc: BaseException | None) -> bool:
+    """False for an expected error: the same input fails the same way on every attempt.
+
+    A crash, a killed worker or an out-of-memory error may pass on the next attempt,
+    which resumes from the newest checkpoint.
+    """
+    return exc is None or error_kind(exc) is None
