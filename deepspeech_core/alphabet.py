@@ -19,7 +19,6 @@ import numpy as np
 
 from deepspeech_core.io_utils import atomic_write_text
 
-
 BYTES_MARKER = "# bytes_output_mode: this model writes UTF-8 bytes, not characters."
 
 

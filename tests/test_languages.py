@@ -103,3 +103,63 @@ def test_bytes_mode_alphabet_file_and_records(tmp_path):
     assert isinstance(alphabet_from_record(record), UTF8Alphabet)
     assert alphabet_from_record(Alphabet("ab").to_record()) == Alphabet("ab")
     assert alphabet_from_record({"alphabet": "ab"}) == Alphabet("ab")  # older records
+
+
+def _byte_logits(paths: list[dict[int, float]]) -> np.ndarray:
+    """Log-probabilities [frames, 256]: each frame's {label: p}, the rest on the blank."""
+    logits = np.full((len(paths), 256), -30.0, np.float32)
+    for t, probs in enumerate(paths):
+        for label, p in probs.items():
+            logits[t, label] = np.log(p)
+        logits[t, 255] = np.log(max(1e-6, 1.0 - sum(probs.values())))
+    return logits
+
+
+def _spell(text: str) -> list[dict[int, float]]:
+    """One frame per byte of `text`, a blank frame between (repeats stay apart)."""
+    frames: list[dict[int, float]] = []
+    for b in text.encode("utf-8"):
+        frames += [{b - 1: 0.98}, {}]
+    return frames
+
+
+def test_bytes_mode_greedy_and_beam_decode_unicode():
+    from deepspeech_core.decoding import BeamSearchDecoder, GreedyDecoder
+
+    alphabet = UTF8Alphabet()
+    logits = _byte_logits(_spell("你好 мир"))
+    assert GreedyDecoder(alphabet).decode(logits) == "你好 мир"
+    assert BeamSearchDecoder(alphabet, beam_width=16).decode(logits) == "你好 мир"
+    # the first two bytes of 你 alone: an incomplete sequence is replaced, not an error
+    broken = _byte_logits(_spell("你")[:3])
+    assert GreedyDecoder(alphabet).decode(broken) == "\ufffd"
+
+
+def test_bytes_mode_beam_search_with_a_word_language_model(tmp_path):
+    from deepspeech_core.config import DecoderConfig
+    from deepspeech_core.decoding import LMBeamSearchDecoder, make_decoder
+    from deepspeech_core.language_model import write_arpa
+
+    alphabet = UTF8Alphabet()
+    # "мир мор": the second byte of the vowel is ambiguous, slightly favouring о (0xBE)
+    # over и (0xB8) in both words; the language model knows only "мир".
+    frames = _spell("м") + [{0xD0 - 1: 0.98}, {}, {0xBE - 1: 0.55, 0xB8 - 1: 0.43}, {}]
+    frames += _spell("р")
+    logits = _byte_logits(frames + _spell(" ") + frames)
+    acoustic = make_decoder(alphabet, DecoderConfig(beam_width=64)).decode(logits)
+    assert acoustic == "мор мор"
+    arpa = write_arpa(["мир", "мир мир", "мир да"], tmp_path / "lm.arpa", order=2)
+    decoder = make_decoder(alphabet, DecoderConfig(scorer_path=arpa, beam_width=64))
+    assert isinstance(decoder, LMBeamSearchDecoder)
+    assert decoder.decode(logits) == "мир мир"
+
+
+def test_language_flags_fill_the_corpus_config(tmp_path):
+    from deepspeech_flow.config_loading import build_config
+
+    flags = {"normalize": True, "bytes_output_mode": True}
+    cfg = build_config(None, {**flags, "filter_alphabet": str(tmp_path / "a.txt")})
+    assert cfg.corpus.normalize_ascii and cfg.corpus.bytes_output_mode
+    assert cfg.corpus.filter_alphabet == tmp_path / "a.txt"
+    default = build_config(None, {})
+    assert not default.corpus.normalize_ascii and not default.corpus.bytes_output_mode
