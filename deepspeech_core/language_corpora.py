@@ -74,18 +74,25 @@ LANGUAGES: dict[str, Language] = {
 
 
 def sentences(
-    language: str, count: int, seed: int, words: int = 3, distinct: bool = True
+    language: str,
+    count: int,
+    seed: int,
+    words: int = 3,
+    distinct: bool = True,
+    vocabulary: int | None = None,
 ) -> list[str]:
     """`count` sentences of `words` words, as Common Voice writes them.
 
     The first sentences go through the whole vocabulary once, so that a training split
     taken from the start holds every character the others use. Sentences are distinct
     unless `distinct` is false (one-word corpora: the same word by other voices).
+    `vocabulary` keeps only the first words of the language's list (a quicker task).
     """
     lang = LANGUAGES[language]
+    vocab = lang.words[:vocabulary] if vocabulary else lang.words
     rng = np.random.default_rng(seed)
-    tour = [str(w) for w in rng.permutation(lang.words)]
-    tour += [str(w) for w in rng.choice(lang.words, size=-len(tour) % words, replace=False)]
+    tour = [str(w) for w in rng.permutation(vocab)]
+    tour += [str(w) for w in rng.choice(vocab, size=-len(tour) % words, replace=False)]
     seen: dict[str, None] = {}
     out: list[str] = []
     attempts = 0
@@ -93,7 +100,7 @@ def sentences(
         attempts += 1
         if attempts > count * 100:
             raise ValueError(f"cannot make {count} distinct {language} sentences of {words}")
-        chosen = [str(w) for w in rng.choice(lang.words, size=words, replace=False)]
+        chosen = [str(w) for w in rng.choice(vocab, size=words, replace=False)]
         if tour:
             chosen, tour = tour[:words], tour[words:]
         if rng.random() < 0.3:
@@ -116,6 +123,7 @@ def make_language_corpus(
     test: int = 1,
     words: int = 3,
     distinct: bool = True,
+    vocabulary: int | None = None,
     workers: int = 2,
 ) -> Path:
     """Write a Common Voice locale directory at out_dir/<language>; returns that path.
@@ -133,7 +141,7 @@ def make_language_corpus(
     rng = np.random.default_rng(seed + 1)
     utterances = [
         Utterance(s, lang.voice, int(rng.integers(130, 175)), int(rng.integers(30, 70)))
-        for s in sentences(language, count, seed, words, distinct)
+        for s in sentences(language, count, seed, words, distinct, vocabulary)
     ]
     names = [f"common_voice_{language}_{i + 1:08d}.mp3" for i in range(count)]
 
