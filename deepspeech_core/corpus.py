@@ -61,7 +61,7 @@ SPLIT_COLUMNS = [
     "content_hash",
     "source",
 ]
-_LAYOUT_VERSION = "4"
+_LAYOUT_VERSION = "5"  # 5: normalisation keeps every script
 
 
 class CorpusError(ValueError):
@@ -346,6 +346,8 @@ def _input_key(cfg: CorpusConfig, features: FeatureConfig) -> str:
     settings = cfg.model_dump_json(exclude={"alphabet_config_path", "import_workers"})
     parts = [_LAYOUT_VERSION, settings, str(features.audio_sample_rate)]
     parts.append(str(features.window_samples) + "/" + str(features.step_samples))
+    if cfg.filter_alphabet is not None and Path(cfg.filter_alphabet).is_file():
+        parts.append(f"filter|{file_sha256(cfg.filter_alphabet)}")
     sources: list[Path] = []
     if cfg.corpus is not None:
         sources = [cfg.corpus / f"{s}.tsv" for s in SPLITS]
