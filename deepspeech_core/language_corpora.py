@@ -65,7 +65,8 @@ LANGUAGES: dict[str, Language] = {
     ),
     "cmn": Language(
         "cmn",
-        tuple("一 二 三 四 五 六 七 八 九 十 你好 世界".split()),
+        # 四 (E5 9B 9B) repeats a byte, which greedy decoding needs a blank between: last
+        tuple("一 二 三 五 六 七 八 九 十 四 你好 世界".split()),
         comma="，",
         endings=("。", "！", "？"),
         separator="",
@@ -114,6 +115,10 @@ def sentences(
     return out
 
 
+def _utterance_id(utt: Utterance) -> str:
+    return hashlib.sha256(repr(utt).encode()).hexdigest()[:16]
+
+
 def make_language_corpus(
     out_dir: Path,
     language: str,
@@ -143,7 +148,9 @@ def make_language_corpus(
         Utterance(s, lang.voice, int(rng.integers(130, 175)), int(rng.integers(30, 70)))
         for s in sentences(language, count, seed, words, distinct, vocabulary)
     ]
-    names = [f"common_voice_{language}_{i + 1:08d}.mp3" for i in range(count)]
+    # named by what is spoken, so a corpus made again with other settings never reuses
+    # a clip of a different sentence
+    names = [f"common_voice_{language}_{_utterance_id(u)}.mp3" for u in utterances]
 
     def job(i: int) -> None:
         if not (clips / names[i]).is_file():
