@@ -5,7 +5,7 @@ language_corpora), validates it with the default normalisation (Mandarin in
 --bytes_output_mode), trains a small model and decodes the test clips greedily with it
 and with the same network untrained. Prints one `name: value unit` line per figure.
 Usage:
-    python bench/languages.py [--languages ru,cmn] [--clips 60] [--epochs 40]
+    python bench/languages.py [--languages ru,cmn] [--clips 60] [--vocabulary 5] [--epochs 40]
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ def run_language(root: Path, language: str, args: argparse.Namespace) -> dict[st
     from deepspeech_core.training import train
 
     cv = make_language_corpus(
-        root / "cv", language, count=args.clips, seed=5, dev=2, test=6, words=1, distinct=False
+        root / "cv",
+        language,
+        count=args.clips,
+        seed=5,
+        dev=2,
+        test=6,
+        words=1,
+        distinct=False,
+        vocabulary=args.vocabulary or None,
     )
     cfg = PipelineConfig.model_validate(
         {
@@ -71,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--languages", default="ru,cmn")
     parser.add_argument("--clips", type=int, default=60)
+    parser.add_argument("--vocabulary", type=int, default=5, help="words used; 0 = all")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--n_hidden", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=0.003)
