@@ -125,3 +125,32 @@ def test_mandarin_bytes_mode_trains_evaluates_exports_and_transcribes(mandarin_b
         raw = saved.serve_pcm16(tf.constant(pcm, tf.int16))["transcript"].numpy()
         # the graph writes the bytes themselves; decoding them gives evaluation's text
         assert raw.decode("utf-8", errors="replace") == sample["res"]
+
+
+def test_transfer_from_a_character_model_into_bytes_output_mode(russian, mandarin_bytes, tmp_path):
+    """--load_checkpoint_dir with --drop_source_layers 1: a new output layer of 256 bytes."""
+    import numpy as np
+
+    from deepspeech_core.checkpoints import CheckpointError
+    from deepspeech_core.training import train
+
+    source_cfg = russian[0]
+    cfg, _, features, _ = mandarin_bytes
+    no_drop = cfg.training.model_copy(
+        update={
+            "epochs": 0,
+            "load_checkpoint_dir": source_cfg.checkpoint_dir,
+            "drop_source_layers": 0,
+        }
+    )
+    with pytest.raises(CheckpointError, match="drop_source_layers"):
+        train(features, cfg.model, cfg.features, no_drop, tmp_path / "refused")
+    drop_one = no_drop.model_copy(update={"drop_source_layers": 1})
+    train(features, cfg.model, cfg.features, drop_one, tmp_path / "transfer")
+    target, spec, _ = load_model(tmp_path / "transfer", "last")
+    source, _, _ = load_model(source_cfg.checkpoint_dir, "best")
+    assert isinstance(spec.alphabet, UTF8Alphabet) and target.output_shape[-1] == 256
+    for a, b in zip(
+        target.get_layer("lstm").get_weights(), source.get_layer("lstm").get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
