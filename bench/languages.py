@@ -72,6 +72,8 @@ def run_language(root: Path, language: str, args: argparse.Namespace) -> dict[st
         "cer": corpus_error_rates(index.transcripts, texts)[1],
         "cer_untrained": corpus_error_rates(index.transcripts, untrained)[1],
         "invalid_utf8": sum("\ufffd" in t for t in texts),
+        "clips": len(texts),
+        "examples": " | ".join(f"{r}->{h}" for r, h in zip(index.transcripts, texts, strict=True)),
     }
 
 
@@ -91,7 +93,11 @@ def main() -> None:
             print(f"languages_{language}_steps: {figures['steps']} steps")
             print(f"languages_{language}_test_cer: {figures['cer']:.3f}")
             print(f"languages_{language}_test_cer_untrained: {figures['cer_untrained']:.3f}")
-            print(f"languages_{language}_invalid_utf8_transcripts: {figures['invalid_utf8']}")
+            print(
+                f"languages_{language}_invalid_utf8_transcripts: "
+                f"{figures['invalid_utf8']} of {figures['clips']}"
+            )
+            print(f"languages_{language}_test_transcripts: {figures['examples']}")
 
 
 if __name__ == "__main__":
