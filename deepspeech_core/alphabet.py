@@ -2,10 +2,16 @@
 
 The CTC blank is not part of the alphabet: it is the extra last output class
 (index == len(alphabet)), as in DeepSpeech.
+
+`UTF8Alphabet` is DeepSpeech 0.9.3's `--bytes_output_mode`: the model writes UTF-8
+bytes, label i being the byte i + 1 (255 labels, the blank 255), so a language with
+thousands of characters (Mandarin, Japanese) needs no alphabet at all. Its alphabet.txt
+is a marker file of comments that `Alphabet.load` recognises.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -13,9 +19,13 @@ import numpy as np
 
 from deepspeech_core.io_utils import atomic_write_text
 
+BYTES_MARKER = "# bytes_output_mode: this model writes UTF-8 bytes, not characters."
+
 
 class Alphabet:
     """An ordered set of characters; label i is the i-th character."""
+
+    bytes_output_mode = False
 
     def __init__(self, characters: Iterable[str]) -> None:
         chars = list(characters)
@@ -32,7 +42,7 @@ class Alphabet:
         return len(self.characters)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Alphabet) and self.characters == other.characters
+        return type(other) is type(self) and self.characters == other.characters
 
     def __repr__(self) -> str:
         return f"Alphabet({''.join(self.characters)!r})"
@@ -59,6 +69,31 @@ class Alphabet:
     def decode(self, labels: Iterable[int]) -> str:
         return "".join(self.characters[i] for i in labels if 0 <= i < len(self.characters))
 
+    @property
+    def display(self) -> str:
+        """The alphabet as reports and model cards show it."""
+        return "".join(self.characters)
+
+    def labels_as_bytes(self) -> list[bytes]:
+        """What each label writes, as UTF-8 bytes (DeepSpeech's label_to_str_ values)."""
+        return [c.encode("utf-8") for c in self.characters]
+
+    def serialize(self) -> bytes:
+        """DeepSpeech 0.9.3's Alphabet::Serialize (the TFLite `metadata_alphabet`).
+
+        uint16 count, then per label: uint16 label, uint16 length, the label's bytes;
+        all little-endian, as the native client reads it on x86 and ARM.
+        """
+        labels = self.labels_as_bytes()
+        out = [struct.pack("<H", len(labels))]
+        for i, value in enumerate(labels):
+            out.append(struct.pack("<HH", i, len(value)) + value)
+        return b"".join(out)
+
+    def to_record(self) -> dict:
+        """How model.json and metadata.json store it (see `alphabet_from_record`)."""
+        return {"alphabet": "".join(self.characters), "bytes_output_mode": False}
+
     @classmethod
     def from_transcripts(cls, transcripts: Iterable[str]) -> Alphabet:
         """The sorted set of characters used, as DeepSpeech's generate_alphabet does."""
@@ -66,7 +101,12 @@ class Alphabet:
 
     @classmethod
     def from_text(cls, text: str) -> Alphabet:
-        """Parse alphabet.txt: one character per line, `#` comments, `\\#` a literal #."""
+        """Parse alphabet.txt: one character per line, `#` comments, `\\#` a literal #.
+
+        The bytes-output-mode marker file gives a `UTF8Alphabet`.
+        """
+        if text.split("\n", 1)[0].rstrip("\r") == BYTES_MARKER:
+            return UTF8Alphabet()
         chars = []
         for line in text.split("\n"):
             line = line.rstrip("\r")
@@ -91,3 +131,70 @@ class Alphabet:
 
     def save(self, path: Path) -> None:
         atomic_write_text(Path(path), self.to_text())
+
+
+class UTF8Alphabet(Alphabet):
+    """DeepSpeech 0.9.3's UTF8Alphabet: labels 0..254 write the bytes 0x01..0xFF.
+
+    `characters` holds each byte as the Latin-1 character of the same value, so code
+    that needs one string per label (TensorFlow string tables, pyctcdecode) works on
+    it unchanged; `decode` turns the bytes back into text, replacing invalid UTF-8
+    (an untrained model writes any byte sequence) instead of failing.
+    """
+
+    bytes_output_mode = True
+
+    def __init__(self) -> None:
+        super().__init__(chr(b) for b in range(1, 256))
+
+    def __repr__(self) -> str:
+        return "UTF8Alphabet()"
+
+    @property
+    def display(self) -> str:
+        return "UTF-8 bytes (--bytes_output_mode)"
+
+    def missing(self, text: str) -> list[str]:
+        """Only NUL has no label: byte 0 is not among DeepSpeech's 255 classes."""
+        return ["\x00"] if "\x00" in text else []
+
+    def encode(self, text: str) -> np.ndarray:
+        if "\x00" in text:
+            raise KeyError("NUL cannot be written in bytes output mode")
+        return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) - 1
+
+    def decode_bytes(self, labels: Iterable[int]) -> bytes:
+        return bytes(i + 1 for i in labels if 0 <= i < 255)
+
+    def decode(self, labels: Iterable[int]) -> str:
+        return self.decode_bytes(labels).decode("utf-8", errors="replace")
+
+    def labels_as_bytes(self) -> list[bytes]:
+        return [bytes([b]) for b in range(1, 256)]
+
+    def to_record(self) -> dict:
+        return {"alphabet": "", "bytes_output_mode": True}
+
+    def to_text(self) -> str:
+        return (
+            BYTES_MARKER
+            + "\n# Labels 0..254 are the bytes 0x01..0xFF (DeepSpeech 0.9.3's UTF8Alphabet); "
+            + "label 255 is the CTC blank.\n"
+        )
+
+
+def text_from_label_string(text: str, alphabet: Alphabet) -> str:
+    """Text from a string of labels' characters (pyctcdecode's output, for instance).
+
+    In bytes output mode those characters are Latin-1 stand-ins for bytes.
+    """
+    if alphabet.bytes_output_mode:
+        return text.encode("latin-1").decode("utf-8", errors="replace")
+    return text
+
+
+def alphabet_from_record(record: dict) -> Alphabet:
+    """The alphabet a model.json or metadata.json describes (`Alphabet.to_record`)."""
+    if record.get("bytes_output_mode"):
+        return UTF8Alphabet()
+    return Alphabet(record["alphabet"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.alphabet import Alphabet, alphabet_from_record
 from deepspeech_core.config import FeatureConfig, ModelConfig
 from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.model import create_model, rng_variables
@@ -40,7 +40,7 @@ class ModelSpec:
 
     def to_json(self) -> dict:
         return {
-            "alphabet": "".join(self.alphabet.characters),
+            **self.alphabet.to_record(),
             "features": self.features.model_dump(),
             "model": self.model.model_dump(),
         }
@@ -48,7 +48,7 @@ class ModelSpec:
     @classmethod
     def from_json(cls, data: dict) -> ModelSpec:
         return cls(
-            Alphabet(data["alphabet"]),
+            alphabet_from_record(data),
             FeatureConfig.model_validate(data["features"]),
             ModelConfig.model_validate(data["model"]),
         )
@@ -59,7 +59,7 @@ class ModelSpec:
     def architecture(self) -> dict:
         """The parts that must match for weights to load (dropout may change on resume)."""
         return {
-            "alphabet": "".join(self.alphabet.characters),
+            "alphabet": self.alphabet.display,  # distinct for bytes output mode
             "n_input": self.features.n_input,
             "n_context": self.features.n_context,
             "n_hidden": self.model.n_hidden,

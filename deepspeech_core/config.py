@@ -31,7 +31,19 @@ class CorpusConfig(_Section):
         None, description="alphabet.txt in DeepSpeech's format; derived from train if unset."
     )
     normalize_ascii: bool = Field(
-        True, description="Fold accented letters to ASCII (NFKD), as DeepSpeech's importers."
+        False,
+        description="--normalize: fold text to ASCII (NFKD; 'ü' -> 'u', non-Latin scripts "
+        "erased), as DeepSpeech's import_cv2.py --normalize. Off: every script is kept.",
+    )
+    filter_alphabet: Path | None = Field(
+        None,
+        description="Reject rows whose transcript has characters outside this alphabet.txt "
+        "(reason 'alphabet'), as DeepSpeech's importers' --filter_alphabet.",
+    )
+    bytes_output_mode: bool = Field(
+        False,
+        description="The model writes UTF-8 bytes instead of an alphabet's characters "
+        "(DeepSpeech's --bytes_output_mode: for Mandarin, Japanese, large alphabets).",
     )
     lowercase: bool = True
     keep_characters: str = Field(
@@ -255,6 +267,7 @@ class PipelineConfig(_Section):
         c = data["corpus"]
         c["corpus"] = absolute(self.corpus.corpus)
         c["alphabet_config_path"] = absolute(self.corpus.alphabet_config_path)
+        c["filter_alphabet"] = absolute(self.corpus.filter_alphabet)
         for key in ("train_files", "dev_files", "test_files"):
             c[key] = [absolute(p) for p in getattr(self.corpus, key)]
         data["training"]["checkpoint_dir"] = absolute(self.training.checkpoint_dir)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from deepspeech_core import progress
-from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.alphabet import Alphabet, UTF8Alphabet
 from deepspeech_core.audio_import import (
     ImportResult,
     plan_job,
@@ -62,7 +62,7 @@ SPLIT_COLUMNS = [
     "content_hash",
     "source",
 ]
-_LAYOUT_VERSION = "4"
+_LAYOUT_VERSION = "5"  # 5: normalisation keeps every script
 
 
 class CorpusError(ValueError):
@@ -85,6 +85,7 @@ class Row:
     wav: Path | None = None
     duration: float = 0.0
     audio_info: ImportResult = field(default_factory=ImportResult)
+    labels: np.ndarray | None = None  # the transcript as the model's labels (bytes or chars)
 
     def reject(self, reason: str, detail: str) -> None:
         self.reason, self.detail = reason, detail
@@ -195,6 +196,8 @@ def _check_text(row: Row, alphabet: Alphabet) -> None:
         row.reject(
             "alphabet", "characters not in the alphabet: " + " ".join(repr(c) for c in missing)
         )
+    else:
+        row.labels = alphabet.encode(row.transcript)
 
 
 def _check_missing(row: Row) -> None:
@@ -208,7 +211,8 @@ def _check_duration(row: Row, features: FeatureConfig, max_duration: float) -> N
     if row.duration > max_duration:
         row.reject("too_long", f"{row.duration:.2f} s > --max_duration {max_duration:g} s")
         return
-    frames, needed = feature_frames(n_samples, features), ctc_required_frames(row.transcript)
+    labels = list(row.labels) if row.labels is not None else row.transcript
+    frames, needed = feature_frames(n_samples, features), ctc_required_frames(labels)
     if frames < needed:
         row.reject("too_short", f"{frames} feature frames for a transcript that needs {needed}")
 
@@ -346,6 +350,8 @@ def _input_key(cfg: CorpusConfig, features: FeatureConfig) -> str:
     settings = cfg.model_dump_json(exclude={"alphabet_config_path", "import_workers"})
     parts = [_LAYOUT_VERSION, settings, str(features.audio_sample_rate)]
     parts.append(str(features.window_samples) + "/" + str(features.step_samples))
+    if cfg.filter_alphabet is not None and Path(cfg.filter_alphabet).is_file():
+        parts.append(f"filter|{file_sha256(cfg.filter_alphabet)}")
     sources: list[Path] = []
     if cfg.corpus is not None:
         sources = [cfg.corpus / f"{s}.tsv" for s in SPLITS]
@@ -383,17 +389,55 @@ def _reusable(manifest_path: Path, key: str, alphabet_path: Path | None) -> Corp
     return manifest.model_copy(update={"reused": True}) if same_alphabet else None
 
 
-def _choose_alphabet(rows: list[Row], alphabet_path: Path | None) -> Alphabet:
+def _choose_alphabet(
+    rows: list[Row], alphabet_path: Path | None, bytes_output_mode: bool = False
+) -> Alphabet:
     if alphabet_path is not None:
         if not alphabet_path.is_file():
             raise CorpusError(f"--alphabet_config_path {alphabet_path} does not exist")
-        return Alphabet.load(alphabet_path)
+        alphabet = Alphabet.load(alphabet_path)
+        if bytes_output_mode and not alphabet.bytes_output_mode:
+            raise CorpusError(
+                f"--bytes_output_mode asks for a UTF-8 bytes model, but {alphabet_path} is a "
+                "character alphabet (of the model being resumed or warm-started from?): drop "
+                "--alphabet_config_path, or start afresh with --retrain_from scratch"
+            )
+        return alphabet
+    if bytes_output_mode:
+        return UTF8Alphabet()
     train = [r.transcript for r in rows if r.split == "train" and r.ok and r.transcript]
     if not train:
         raise CorpusError(
             "no alphabet: give --alphabet_config_path, or training transcripts to derive it from"
         )
     return Alphabet.from_transcripts(train)
+
+
+def _filter_alphabet(rows: list[Row], path: Path | None) -> None:
+    """DeepSpeech's --filter_alphabet: rows writing other characters are rejected."""
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise CorpusError(f"--filter_alphabet {path} does not exist")
+    allowed = Alphabet.load(path)
+    for row in rows:
+        if row.ok and row.transcript.strip():
+            _check_text(row, allowed)
+            row.labels = None
+
+
+def _kept_characters(rows: list[Row], derived: Alphabet) -> Alphabet:
+    """The derived alphabet narrowed to the characters of the kept training transcripts.
+
+    It was derived before the audio checks; a character only a rejected clip had would
+    otherwise stay in alphabet.txt. Dev/test rows that need it are rejected as alphabet.
+    """
+    kept = [r.transcript for r in rows if r.split == "train" and r.ok]
+    alphabet = Alphabet.from_transcripts(kept) if kept else derived
+    if alphabet != derived:
+        for row in rows:
+            _check_text(row, alphabet)
+    return alphabet
 
 
 def _write_csv(path: Path, records: list[dict], columns: list[str]) -> None:
@@ -443,11 +487,14 @@ def validate_corpus(
     rows = _source_rows(cfg)
     for row in rows:
         _check_missing(row)
-    alphabet = _choose_alphabet(rows, alphabet_path)
+    _filter_alphabet(rows, cfg.filter_alphabet)
+    alphabet = _choose_alphabet(rows, alphabet_path, cfg.bytes_output_mode)
     for row in rows:
         _check_text(row, alphabet)
     import_audio(rows, out / "clips", cfg, features)
     _check_duplicates(rows)
+    if alphabet_path is None and not alphabet.bytes_output_mode:
+        alphabet = _kept_characters(rows, alphabet)
 
     present = [s for s in SPLITS if any(r.split == s for r in rows)]
     for split in present:
@@ -475,7 +522,7 @@ def validate_corpus(
         report_path,
         {
             "splits": stats,
-            "alphabet": "".join(alphabet.characters),
+            "alphabet": alphabet.display,
             "overlap_train_test": _overlap_warning(rows),
             "rejected_examples": _rejected_examples(rows),
         },

@@ -6,6 +6,10 @@ search is TensorFlow's `tf.nn.ctc_beam_search_decoder`; with a language model th
 search is pyctcdecode's over a KenLM model (an ARPA file or a KenLM binary), with
 DeepSpeech's lm_alpha/lm_beta meaning: score = log P(acoustic) + alpha * ln P_LM(words)
 + beta * words.
+
+In bytes output mode the decoders work on bytes and return the UTF-8 text they spell
+(invalid sequences replaced, never an error); the word language model scores the
+decoded words, so it applies to languages written with spaces between words.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import tensorflow as tf
 
-from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.alphabet import Alphabet, text_from_label_string
 from deepspeech_core.config import DecoderConfig
 
 log = logging.getLogger(__name__)
@@ -104,8 +108,12 @@ class LMBeamSearchDecoder:
             ) from e
         labels = LabelSet.build_alphabet([*alphabet.characters, ""])
         unigrams = None
+        if alphabet.bytes_output_mode:
+            language_model = _BytesWordModel(language_model)
         if _is_arpa(scorer_path):
             unigrams = load_unigram_set_from_arpa(str(scorer_path))
+            if alphabet.bytes_output_mode:
+                unigrams = [_byte_string(w) for w in unigrams]
             verify_alphabet_coverage(labels, unigrams)
         else:
             log.warning(
@@ -114,14 +122,47 @@ class LMBeamSearchDecoder:
                 scorer_path,
             )
         self.beam_width = beam_width
+        self.alphabet = alphabet
         self._decoder = BeamSearchDecoderCTC(
             labels, LanguageModel(language_model, unigrams, alpha=alpha, beta=beta)
         )
 
     def decode(self, logits: np.ndarray) -> str:
-        return self._decoder.decode(
+        text = self._decoder.decode(
             _log_softmax(np.asarray(logits, np.float32)), beam_width=self.beam_width
         )
+        return text_from_label_string(text, self.alphabet)
+
+
+def _byte_string(word: str) -> str:
+    """`word` as bytes-mode label characters (one Latin-1 stand-in per UTF-8 byte)."""
+    return word.encode("utf-8").decode("latin-1")
+
+
+class _BytesWordModel:
+    """A KenLM model seen through bytes-mode labels: pyctcdecode builds words out of
+    byte stand-ins, the model knows them as UTF-8 text; this translates each word."""
+
+    def __init__(self, model) -> None:
+        self._model = model
+        self.order = model.order
+        self.path = model.path
+
+    def BeginSentenceWrite(self, state) -> None:  # noqa: N802 - KenLM's API
+        self._model.BeginSentenceWrite(state)
+
+    def NullContextWrite(self, state) -> None:  # noqa: N802
+        self._model.NullContextWrite(state)
+
+    def BaseScore(self, state, word: str, out_state) -> float:  # noqa: N802
+        return self._model.BaseScore(state, _text(word), out_state)
+
+    def __contains__(self, word: str) -> bool:
+        return _text(word) in self._model
+
+
+def _text(word: str) -> str:
+    return word.encode("latin-1").decode("utf-8", errors="replace")
 
 
 def _is_arpa(path: Path) -> bool:

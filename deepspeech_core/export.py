@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepspeech_core import export_store, gpu_monitor, progress
-from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.alphabet import Alphabet, alphabet_from_record
 from deepspeech_core.checkpoints import ModelSpec, load_model, save_inference_checkpoint
 from deepspeech_core.config import ExportConfig
 from deepspeech_core.dataset import SplitIndex
@@ -58,7 +58,7 @@ def _greedy_text(logits: tf.Tensor, alphabet: Alphabet) -> tf.Tensor:
     """Best-path transcript of one utterance's logits [1, T, classes], in the graph."""
     lengths = tf.shape(logits)[1:2]
     decoded, _ = tf.nn.ctc_greedy_decoder(tf.transpose(logits, [1, 0, 2]), lengths)
-    characters = tf.constant(list(alphabet.characters))
+    characters = tf.constant(alphabet.labels_as_bytes())  # raw UTF-8 bytes in bytes mode
     return tf.strings.reduce_join(tf.gather(characters, decoded[0].values))
 
 
@@ -113,7 +113,7 @@ def _metadata(
         "model_name": cfg.export_model_name,
         "model_version": cfg.export_model_version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "alphabet": "".join(spec.alphabet.characters),
+        **spec.alphabet.to_record(),
         "sample_rate": spec.features.audio_sample_rate,
         "features": spec.features.model_dump(),
         "n_context": spec.features.n_context,
@@ -163,7 +163,7 @@ def model_card(cfg: ExportConfig, metadata: dict, tflite: dict[str, TFLiteModel]
         f"DeepSpeech 0.9.3 architecture, n_hidden {metadata['n_hidden']}, "
         f"{metadata['parameters']:,} parameters, {metadata['sample_rate']} Hz audio, "
         f"{metadata['features']['n_input']} MFCCs with {metadata['n_context']} frames of "
-        f"context each side. Alphabet: `{metadata['alphabet']}`",
+        f"context each side. Alphabet: `{alphabet_from_record(metadata).display}`",
         "",
         "## Training data",
         "",

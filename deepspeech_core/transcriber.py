@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.alphabet import alphabet_from_record
 from deepspeech_core.audio import read_audio
 from deepspeech_core.config import DecoderConfig, FeatureConfig
 from deepspeech_core.decoding import make_decoder
@@ -41,7 +41,7 @@ class Transcriber:
         self.metadata = json.loads((self.model_dir / "metadata.json").read_text())
         self.features = FeatureConfig.model_validate(self.metadata["features"])
         self.sample_rate = self.features.audio_sample_rate
-        self.alphabet = Alphabet(self.metadata["alphabet"])
+        self.alphabet = alphabet_from_record(self.metadata)
         self.decoder = make_decoder(self.alphabet, decoder or DecoderConfig(beam_width=1))
         self.backend = backend
         if backend == "saved_model":

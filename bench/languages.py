@@ -1,0 +1,104 @@
+"""Training in other scripts: test CER of a short training against an untrained model.
+
+Speaks a one-word-per-clip corpus per language with espeak-ng (deepspeech_core's
+language_corpora), validates it with the default normalisation (Mandarin in
+--bytes_output_mode), trains a small model and decodes the test clips greedily with it
+and with the same network untrained. Prints one `name: value unit` line per figure.
+Usage:
+    python bench/languages.py [--languages ru,cmn] [--clips 60] [--vocabulary 5] [--epochs 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_language(root: Path, language: str, args: argparse.Namespace) -> dict[str, float]:
+    from deepspeech_core.checkpoints import load_model
+    from deepspeech_core.config import PipelineConfig
+    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.dataset import SplitIndex
+    from deepspeech_core.decoding import GreedyDecoder
+    from deepspeech_core.evaluation import decode_split
+    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.language_corpora import make_language_corpus
+    from deepspeech_core.metrics import corpus_error_rates
+    from deepspeech_core.training import train
+
+    cv = make_language_corpus(
+        root / "cv",
+        language,
+        count=args.clips,
+        seed=5,
+        dev=2,
+        test=6,
+        words=1,
+        distinct=False,
+        vocabulary=args.vocabulary or None,
+    )
+    cfg = PipelineConfig.model_validate(
+        {
+            "workdir": str(root / language),
+            "corpus": {"corpus": str(cv), "bytes_output_mode": language == "cmn"},
+            "model": {"n_hidden": args.n_hidden},
+            "training": {
+                "epochs": args.epochs,
+                "train_batch_size": 4,
+                "learning_rate": args.learning_rate,
+                "seed": 7,
+            },
+        }
+    ).resolved()
+    corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
+    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    started = time.perf_counter()
+    trained = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    seconds = time.perf_counter() - started
+    model, spec, _ = load_model(trained.checkpoint_dir, "best")
+    index = SplitIndex.load(features.indexes["test"], spec.alphabet)
+    decoder = GreedyDecoder(spec.alphabet)
+    n_input = cfg.features.n_input
+    _, texts = decode_split(model, decoder, index, 8, n_input)
+    _, untrained = decode_split(spec.build(), decoder, index, 8, n_input)
+    return {
+        "train_seconds": seconds,
+        "steps": trained.steps,
+        "cer": corpus_error_rates(index.transcripts, texts)[1],
+        "cer_untrained": corpus_error_rates(index.transcripts, untrained)[1],
+        "invalid_utf8": sum("\ufffd" in t for t in texts),
+        "clips": len(texts),
+        "examples": " | ".join(f"{r}->{h}" for r, h in zip(index.transcripts, texts, strict=True)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--languages", default="ru,cmn")
+    parser.add_argument("--clips", type=int, default=60)
+    parser.add_argument("--vocabulary", type=int, default=5, help="words used; 0 = all")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--n_hidden", type=int, default=128)
+    parser.add_argument("--learning_rate", type=float, default=0.003)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for language in args.languages.split(","):
+            figures = run_language(Path(tmp), language, args)
+            print(f"languages_{language}_train_seconds: {figures['train_seconds']:.1f} s")
+            print(f"languages_{language}_steps: {figures['steps']} steps")
+            print(f"languages_{language}_test_cer: {figures['cer']:.3f}")
+            print(f"languages_{language}_test_cer_untrained: {figures['cer_untrained']:.3f}")
+            print(
+                f"languages_{language}_invalid_utf8_transcripts: "
+                f"{figures['invalid_utf8']} of {figures['clips']}"
+            )
+            print(f"languages_{language}_test_transcripts: {figures['examples']}")
+
+
+if __name__ == "__main__":
+    main()
