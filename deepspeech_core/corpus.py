@@ -4,6 +4,7 @@ Every input row either ends in a clean split CSV (DeepSpeech's format, 16 kHz mo
 16-bit wav) or in rejected.csv with one reason. The user's files are only ever read.
 
 Order of checks, each row stopping at the first that fails: bad_row (malformed row),
+control_character (a line break, tab, other control or invisible character),
 missing_file, empty_transcript, alphabet, then the audio (unsupported_format,
 unreadable_audio, empty_audio), too_long, too_short, and last duplicate/leakage, which
 compare decoded audio across the whole corpus.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 REASONS = (
     "bad_row",
+    "control_character",
     "missing_file",
     "empty_transcript",
     "alphabet",
@@ -126,6 +129,12 @@ def read_common_voice(corpus_dir: Path, cfg: CorpusConfig) -> list[Row]:
                 row.reject("bad_row", t.problem)
             elif not name:
                 row.reject("bad_row", "empty 'path' value")
+            elif _outside_clips(name):
+                row.reject(
+                    "bad_row",
+                    f"'path' {name!r} is not a file name inside clips/ (it is absolute, "
+                    "names a folder or contains '..'); Common Voice paths are bare file names",
+                )
             rows.append(row)
     return rows
 
@@ -151,6 +160,11 @@ def read_deepspeech_csvs(split: str, files: Iterable[Path]) -> list[Row]:
                 row.reject("bad_row", "empty 'wav_filename' value")
             rows.append(row)
     return rows
+
+
+def _outside_clips(name: str) -> bool:
+    """A Common Voice `path` that would reach beyond clips/ (or is not a file name)."""
+    return "/" in name or "\\" in name or name in (".", "..") or os.path.isabs(name)
 
 
 def _read(path: Path, delimiter: str, required: list[str]):
@@ -193,6 +207,28 @@ def _check_text(row: Row, alphabet: Alphabet) -> None:
     if missing:
         row.reject(
             "alphabet", "characters not in the alphabet: " + " ".join(repr(c) for c in missing)
+        )
+
+
+# Unicode categories no transcript may hold: control (\n, \t, ...), format (zero-width
+# spaces and joiners, byte-order marks, direction marks) and line/paragraph separators.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _check_characters(row: Row) -> None:
+    """Reject a sentence holding characters that would enter the alphabet unseen."""
+    if not row.ok:
+        return
+    sentence = row.sentence
+    found = [(i, c) for i, c in enumerate(sentence) if unicodedata.category(c) in _INVISIBLE]
+    if found:
+        names = ", ".join(
+            f"U+{ord(c):04X} {unicodedata.name(c, 'control')} at {i}" for i, c in found[:5]
+        )
+        row.reject(
+            "control_character",
+            f"the sentence holds {len(found)} control or invisible character(s): {names}; "
+            "remove them from the transcript",
         )
 
 
@@ -243,7 +279,8 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
     stale = remove_stale_temporaries(clips_dir)
     if stale:
         log.info("removed %d partial file(s) left by an interrupted import", stale)
-    jobs = [plan_job(r.audio, clips_dir, features.audio_sample_rate) for r in todo]
+    rate = features.audio_sample_rate
+    jobs = [plan_job(r.audio, clips_dir, rate, cfg.max_duration) for r in todo]
     workers = cfg.import_workers or os.cpu_count() or 1
     log.info(
         "reading %d clips (%d to import) with %d workers",
@@ -438,6 +475,7 @@ def validate_corpus(
 
     rows = _source_rows(cfg)
     for row in rows:
+        _check_characters(row)
         _check_missing(row)
     alphabet = _choose_alphabet(rows, alphabet_path)
     for row in rows:
