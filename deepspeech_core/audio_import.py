@@ -30,8 +30,10 @@ from deepspeech_core.audio import (
     write_wav,
 )
 
-# Longest file name most filesystems take (bytes); an output name is kept within it.
+# Longest file name most filesystems take (bytes). An output name leaves room for the
+# temporary name it is written under first (".NAME.xxxxxxxx.tmp", io_utils.atomic_path).
 NAME_MAX = 255
+_TEMP_EXTRA = 16
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,13 @@ def import_name(source: Path) -> str:
     """Output name that changes whenever the source changes (path, size, mtime).
 
     The source's stem is shortened (at a character boundary) so that the name, with its
-    hash and `.wav`, fits NAME_MAX bytes: a source name near the limit stays importable.
+    hash and `.wav` (and the temporary name's extra), fits NAME_MAX bytes: a source name
+    near the limit stays importable.
     """
     st = source.stat()
     key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     tail = f"-{hashlib.sha1(key.encode()).hexdigest()[:10]}.wav"
-    stem = source.stem.encode("utf-8", "surrogateescape")[: NAME_MAX - len(tail)]
+    stem = source.stem.encode("utf-8", "surrogateescape")[: NAME_MAX - _TEMP_EXTRA - len(tail)]
     return stem.decode("utf-8", "ignore") + tail
 
 
