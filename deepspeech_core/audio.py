@@ -163,7 +163,8 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, sample_rate, subtype="PCM_16", format="WAV")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    # not synced: an imported clip found empty or unreadable later is converted again
+    atomic_write_bytes(Path(path), buffer.getvalue(), durable=False)
 
 
 def read_wav_int16(path: Path) -> tuple[np.ndarray, int]:

@@ -12,7 +12,6 @@ compare decoded audio across the whole corpus.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import unicodedata
@@ -32,7 +31,13 @@ from deepspeech_core.audio_import import (
     run_jobs,
 )
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.io_utils import atomic_path, atomic_write_json, file_sha256, text_sha256
+from deepspeech_core.io_utils import (
+    atomic_path,
+    atomic_write_json,
+    file_sha256,
+    read_json_or_none,
+    text_sha256,
+)
 from deepspeech_core.manifests import CorpusManifest
 from deepspeech_core.tables import TableError, read_table
 from deepspeech_core.text import normalize_sentence
@@ -399,13 +404,17 @@ def _reusable(manifest_path: Path, key: str, alphabet_path: Path | None) -> Corp
     A given alphabet equal to the one used before (a checkpoint's alphabet that was
     derived from this very corpus, typically) does not force a new validation.
     """
-    if not manifest_path.is_file():
+    previous = read_json_or_none(manifest_path, "corpus manifest")
+    if not isinstance(previous, dict) or previous.get("input_key") != key:
         return None
-    previous = json.loads(manifest_path.read_text())
-    if previous.get("input_key") != key:
+    try:
+        manifest = CorpusManifest.model_validate(previous["manifest"])
+    except (KeyError, ValueError) as exc:
+        log.warning("corpus manifest %s is damaged (%s); validating again", manifest_path, exc)
         return None
-    manifest = CorpusManifest.model_validate(previous["manifest"])
     if not all(p.is_file() for p in [*manifest.splits.values(), manifest.alphabet_path]):
+        return None
+    if not _clips_intact(manifest):
         return None
     if alphabet_path is None:
         same_alphabet = not previous.get("alphabet_given")
@@ -414,6 +423,29 @@ def _reusable(manifest_path: Path, key: str, alphabet_path: Path | None) -> Corp
             Alphabet.load(alphabet_path) == Alphabet.load(manifest.alphabet_path)
         )
     return manifest.model_copy(update={"reused": True}) if same_alphabet else None
+
+
+def _clips_intact(manifest: CorpusManifest) -> bool:
+    """Every clip the splits list still has the size it was written with (stat only).
+
+    An imported clip emptied or cut short by a power loss or a full disk makes the
+    corpus be validated again, which converts that clip anew.
+    """
+    for split_csv in manifest.splits.values():
+        try:
+            listed = pd.read_csv(split_csv, usecols=["wav_filename", "wav_filesize"])
+        except (OSError, ValueError) as exc:
+            log.warning("%s is damaged (%s); validating again", split_csv, exc)
+            return False
+        for wav, size in zip(listed.wav_filename, listed.wav_filesize, strict=True):
+            try:
+                actual = os.stat(wav).st_size
+            except OSError:
+                actual = -1
+            if actual != size:
+                log.warning("%s has %d bytes, %d expected; validating again", wav, actual, size)
+                return False
+    return True
 
 
 def _choose_alphabet(rows: list[Row], alphabet_path: Path | None) -> Alphabet:
