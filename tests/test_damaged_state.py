@@ -62,6 +62,9 @@ def test_damaged_corpus_and_feature_cache_heal_on_the_next_run(tiny_cv, tmp_path
     assert not again.reused and again.counts == corpus.counts
     assert clip.read_bytes() == clip_bytes, "the emptied clip was converted again"
     assert _csvs(work) == csvs
+    clip.write_bytes(clip_bytes[:1000])  # cut short behind an intact manifest: seen too
+    assert not validate_corpus(cfg.corpus, cfg.features, work).reused
+    assert clip.read_bytes() == clip_bytes
     healed = build_feature_cache(again, cfg.features, work, shard_size=8)
     assert 0 < healed.computed <= 8, "only the truncated shard was computed again"
     assert _features_view(healed) == view
