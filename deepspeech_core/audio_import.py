@@ -13,6 +13,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import struct
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -116,7 +117,7 @@ def _earlier_output(source: Path, target: Path) -> ImportResult | None:
         samples, _ = soundfile.read(str(target), dtype="int16")
     except (soundfile.LibsndfileError, RuntimeError):
         samples = None
-    if target != source and (samples is None or len(samples) == 0):
+    if target != source and (samples is None or len(samples) == 0 or not _whole_wav(target)):
         target.unlink(missing_ok=True)
         return None
     if samples is None:
@@ -125,6 +126,17 @@ def _earlier_output(source: Path, target: Path) -> ImportResult | None:
         raise AudioError("empty_audio", f"{source.name} has no samples")
     info = soundfile.info(str(source))
     return ImportResult(len(samples), info.samplerate, info.channels, _pcm_hash(samples))
+
+
+def _whole_wav(path: Path) -> bool:
+    """The file is as long as its RIFF header says (libsndfile reads a cut-short one)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return (
+        len(head) == 8
+        and head[:4] == b"RIFF"
+        and struct.unpack("<I", head[4:])[0] + 8 == path.stat().st_size
+    )
 
 
 def run_job(job: ImportJob) -> ImportResult:
