@@ -1,9 +1,10 @@
 """Reading Common Voice tsv and DeepSpeech CSV files row by row, keeping line numbers.
 
-Real releases carry byte-order marks, CRLF line ends, stray non-UTF-8 bytes and rows
-with the wrong number of fields. None of these may stop a corpus from loading or make
-a row vanish: each row comes back either as a dict of its fields or as the reason it
-cannot be read, with the line it stands on, so it can be listed in rejected.csv.
+Real releases carry byte-order marks, CRLF line ends, stray non-UTF-8 bytes (in any
+column), rows with the wrong number of fields, unbalanced quotes and fields over the csv
+module's size limit. None of these may stop a corpus from loading or make a row vanish:
+each row comes back either as a dict of its fields or as the reason it cannot be read,
+with the line it stands on, so it can be listed in rejected.csv.
 """
 
 from __future__ import annotations
