@@ -35,6 +35,11 @@ class Alphabet:
             raise ValueError("every alphabet entry must be exactly one character")
         if not chars:
             raise ValueError("alphabet is empty")
+        if "\n" in chars or "\r" in chars:
+            raise ValueError(
+                "the alphabet cannot hold a line break (\\n or \\r): alphabet.txt has one "
+                "character per line, and transcripts with line breaks are rejected"
+            )
         self.characters: tuple[str, ...] = tuple(chars)
         self._index = {c: i for i, c in enumerate(chars)}
 

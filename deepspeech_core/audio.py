@@ -8,6 +8,7 @@ The `sox` program remains the fallback for formats libsndfile does not read.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,17 +40,86 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
+# A name SoX reads as something other than a plain file: a URL it fetches with wget.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# Playlists: SoX reads every name listed in them, each with the same special meanings.
+_PLAYLISTS = frozenset({".m3u", ".pls"})
+
+
+def sox_safe_path(path: Path) -> str:
+    """The name to hand SoX: absolute, or AudioError if SoX would not read it as a file.
+
+    SoX runs a name that starts with `|` as a shell command, fetches `http:`/`ftp:`
+    names with wget, reads `-` as standard input and `.m3u`/`.pls` files as lists of
+    further names. Such names are refused; every other one is made absolute, so no
+    name given to SoX can start with `|`, `-` or a URL scheme.
+    """
+    name = str(path)
+    if name.startswith("|") or name == "-" or _URL.match(name):
+        raise AudioError(
+            "unsafe_file_name",
+            f"{name!r}: SoX would run or fetch this name instead of reading a file; "
+            "rename the file",
+        )
+    if Path(name).suffix.lower() in _PLAYLISTS:
+        raise AudioError(
+            "unsafe_file_name", f"{name!r} is a playlist; give the audio files it lists"
+        )
+    return str(Path(name).absolute())
+
+
 def _decode_with_sox(path: Path) -> tuple[np.ndarray, int]:
     import sox  # imported late: pysox logs a warning at import when sox is missing
 
+    safe = sox_safe_path(path)
     try:
-        info_rate = int(sox.file_info.sample_rate(str(path)))
-        data = sox.Transformer().build_array(input_filepath=str(path))
+        info_rate = int(sox.file_info.sample_rate(safe))
+        data = sox.Transformer().build_array(input_filepath=safe)
     except Exception as exc:  # pysox raises several types; all mean "cannot decode"
         raise AudioError("unreadable_audio", f"sox could not decode {path.name}: {exc}") from exc
     if data.ndim == 1:
         data = data[:, None]
     return data.astype(np.float32) / 32768.0 if data.dtype == np.int16 else data, info_rate
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, read without decoding the samples."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def audio_info(path: Path) -> AudioInfo:
+    """Length, rate and channels from the header (libsndfile, else `soxi`).
+
+    Cheap for any length of file, so a clip can be rejected as too long before its
+    samples are decoded: decoding a 2-hour 48 kHz stereo wav takes gigabytes.
+    """
+    path = Path(path)
+    try:
+        info = soundfile.info(str(path))
+        if 0 <= info.frames < 2**62 and info.samplerate > 0:  # 2**63-1: length unknown
+            return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+    except (soundfile.LibsndfileError, RuntimeError):
+        pass
+    import sox  # late, as in _decode_with_sox
+
+    safe = sox_safe_path(path)
+    try:
+        rate = int(sox.file_info.sample_rate(safe))
+        frames = sox.file_info.num_samples(safe)
+        channels = int(sox.file_info.channels(safe))
+    except Exception as exc:  # pysox raises several types; all mean "cannot read"
+        raise AudioError("unreadable_audio", f"sox could not read {path.name}: {exc}") from exc
+    if frames is None:  # soxi does not know (a stream without a length): count by decoding
+        frames = len(_decode_with_sox(path)[0])
+    return AudioInfo(int(frames), rate, channels)
 
 
 def _decode(path: Path) -> tuple[np.ndarray, int]:
@@ -93,7 +163,8 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
     """
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, sample_rate, subtype="PCM_16", format="WAV")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    # not synced: an imported clip found empty or unreadable later is converted again
+    atomic_write_bytes(Path(path), buffer.getvalue(), durable=False)
 
 
 def read_wav_int16(path: Path) -> tuple[np.ndarray, int]:

@@ -10,8 +10,10 @@ earlier run (writes are atomic), so a killed import resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import math
 import multiprocessing
 import os
+import struct
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +23,18 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from deepspeech_core.audio import AudioError, is_model_ready_wav, read_audio, write_wav
+from deepspeech_core.audio import (
+    AudioError,
+    audio_info,
+    is_model_ready_wav,
+    read_audio,
+    write_wav,
+)
+
+# Longest file name most filesystems take (bytes). An output name leaves room for the
+# temporary name it is written under first (".NAME.xxxxxxxx.tmp", io_utils.atomic_path).
+NAME_MAX = 255
+_TEMP_EXTRA = 16
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class ImportJob:
     source: str
     target: str  # == source when the source is already a model-ready wav
     sample_rate: int
+    max_duration: float = math.inf  # longer clips are rejected from their header, undecoded
 
 
 @dataclass(frozen=True)
@@ -52,20 +66,77 @@ def supported_extensions() -> frozenset[str]:
 
 
 def import_name(source: Path) -> str:
-    """Output name that changes whenever the source changes (path, size, mtime)."""
+    """Output name that changes whenever the source changes (path, size, mtime).
+
+    The source's stem is shortened (at a character boundary) so that the name, with its
+    hash and `.wav` (and the temporary name's extra), fits NAME_MAX bytes: a source name
+    near the limit stays importable.
+    """
     st = source.stat()
     key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    return f"{source.stem}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.wav"
+    tail = f"-{hashlib.sha1(key.encode()).hexdigest()[:10]}.wav"
+    stem = source.stem.encode("utf-8", "surrogateescape")[: NAME_MAX - _TEMP_EXTRA - len(tail)]
+    return stem.decode("utf-8", "ignore") + tail
 
 
-def plan_job(source: Path, clips_dir: Path, sample_rate: int) -> ImportJob:
+def plan_job(
+    source: Path, clips_dir: Path, sample_rate: int, max_duration: float = math.inf
+) -> ImportJob:
     if source.suffix.lower() == ".wav" and is_model_ready_wav(source, sample_rate):
-        return ImportJob(str(source), str(source), sample_rate)
-    return ImportJob(str(source), str(clips_dir / import_name(source)), sample_rate)
+        return ImportJob(str(source), str(source), sample_rate, max_duration)
+    return ImportJob(str(source), str(clips_dir / import_name(source)), sample_rate, max_duration)
 
 
 def _pcm_hash(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype="<i2").tobytes()).hexdigest()
+
+
+def _too_long(job: ImportJob) -> ImportResult | None:
+    """Reject from the header what is over --max_duration, before any sample is decoded."""
+    info = audio_info(Path(job.source))
+    if info.duration <= job.max_duration:
+        return None
+    return ImportResult(
+        n_samples=round(info.duration * job.sample_rate),
+        source_rate=info.sample_rate,
+        source_channels=info.channels,
+        reason="too_long",
+        detail=f"{info.duration:.2f} s > --max_duration {job.max_duration:g} s",
+    )
+
+
+def _earlier_output(source: Path, target: Path) -> ImportResult | None:
+    """The result of an output a previous run completed, or None to (re)convert.
+
+    An output of ours that is empty or unreadable (a power loss after its rename, a full
+    disk) is deleted so that it is converted again; the user's own wav is never touched.
+    """
+    if not target.is_file():
+        return None
+    try:
+        samples, _ = soundfile.read(str(target), dtype="int16")
+    except (soundfile.LibsndfileError, RuntimeError):
+        samples = None
+    if target != source and (samples is None or len(samples) == 0 or not _whole_wav(target)):
+        target.unlink(missing_ok=True)
+        return None
+    if samples is None:
+        raise AudioError("unreadable_audio", f"{source.name} cannot be read")
+    if len(samples) == 0:
+        raise AudioError("empty_audio", f"{source.name} has no samples")
+    info = soundfile.info(str(source))
+    return ImportResult(len(samples), info.samplerate, info.channels, _pcm_hash(samples))
+
+
+def _whole_wav(path: Path) -> bool:
+    """The file is as long as its RIFF header says (libsndfile reads a cut-short one)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return (
+        len(head) == 8
+        and head[:4] == b"RIFF"
+        and struct.unpack("<I", head[4:])[0] + 8 == path.stat().st_size
+    )
 
 
 def run_job(job: ImportJob) -> ImportResult:
@@ -77,12 +148,14 @@ def run_job(job: ImportJob) -> ImportResult:
             detail=f"'{source.suffix or '(no extension)'}' is not a format SoX or libsndfile reads",
         )
     try:
-        if target.is_file():  # the source itself, or an output completed by an earlier run
-            samples, _ = soundfile.read(str(target), dtype="int16")
-            info = soundfile.info(str(source))
-            if len(samples) == 0:
-                raise AudioError("empty_audio", f"{source.name} has no samples")
-            return ImportResult(len(samples), info.samplerate, info.channels, _pcm_hash(samples))
+        if source.is_file() and source.stat().st_size == 0:
+            raise AudioError("unreadable_audio", f"{source.name} is an empty file")
+        rejected = _too_long(job)
+        if rejected is not None:
+            return rejected
+        done = _earlier_output(source, target)
+        if done is not None:
+            return done
         audio = read_audio(source, job.sample_rate)
         write_wav(target, audio.samples, job.sample_rate)
         return ImportResult(
@@ -95,6 +168,8 @@ def run_job(job: ImportJob) -> ImportResult:
     except AudioError as exc:
         return ImportResult(reason=exc.reason, detail=exc.detail)
     except (soundfile.LibsndfileError, RuntimeError) as exc:
+        return ImportResult(reason="unreadable_audio", detail=f"{source.name}: {exc}")
+    except OSError as exc:  # a name the filesystem refuses, a vanished file: this row only
         return ImportResult(reason="unreadable_audio", detail=f"{source.name}: {exc}")
 
 

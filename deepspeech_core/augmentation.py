@@ -29,7 +29,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from deepspeech_core.audio import AudioError, read_audio, to_int16
+from deepspeech_core.audio import AudioError, audio_info, read_audio, to_int16
 
 
 class AugmentationError(ValueError):
@@ -400,13 +400,13 @@ class Overlay(SampleAugmentation):
 
     def apply_audio(self, audio, rate, rng, clock):
         """Mix `layers` random stretches of the source audio in at `snr` dB."""
-        sources = _overlay_sources(self.texts["source"], rate)
+        sources = _overlay_sources(self.texts["source"])
         if not sources:
             raise AugmentationError(f"overlay source {self.texts['source']!r} holds no audio")
         result = audio.astype(np.float64).copy()
         signal_power = float(np.mean(np.square(audio))) or 1e-10
         for _ in range(max(1, self.value("layers", rng, clock))):
-            noise = sources[int(rng.integers(len(sources)))]
+            noise = _noise_from(sources, int(rng.integers(len(sources))), rate)
             reps = -(-len(audio) // len(noise)) + 1
             tiled = np.tile(noise, reps)
             start = int(rng.integers(0, len(noise)))
@@ -422,8 +422,12 @@ def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def _overlay_sources(source: str, rate: int) -> tuple[np.ndarray, ...]:
-    """Audio of an overlay source: a folder of audio files or a DeepSpeech CSV."""
+def _overlay_sources(source: str) -> tuple[str, ...]:
+    """The audio files of an overlay source (a folder or a DeepSpeech CSV), not their audio.
+
+    Only headers are read here; a file is decoded when a draw picks it (`_noise`), so a
+    large noise corpus never sits whole in each worker's memory.
+    """
     import pandas as pd
 
     path = Path(source)
@@ -431,18 +435,37 @@ def _overlay_sources(source: str, rate: int) -> tuple[np.ndarray, ...]:
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
     elif path.suffix.lower() == ".csv" and path.is_file():
         names = pd.read_csv(path, dtype=str)["wav_filename"]
-        files = [p if Path(p).is_absolute() else path.parent / p for p in names]
+        files = [Path(p) if Path(p).is_absolute() else path.parent / p for p in names]
     else:
         raise AugmentationError(
             f"overlay source {source!r} is neither a folder of audio nor a DeepSpeech CSV"
         )
-    audio = []
+    readable = []
     for f in files:
         try:
-            audio.append(read_audio(Path(f), rate).samples.astype(np.float64) / 32768.0)
+            if audio_info(f).frames > 0:
+                readable.append(str(f.absolute()))
+        except (AudioError, OSError):
+            continue
+    return tuple(readable)
+
+
+@lru_cache(maxsize=8)
+def _noise(path: str, rate: int) -> np.ndarray:
+    """One noise file as float32 at `rate` (a few recently drawn files stay cached)."""
+    return read_audio(Path(path), rate).samples.astype(np.float32) / np.float32(32768.0)
+
+
+def _noise_from(sources: tuple[str, ...], first: int, rate: int) -> np.ndarray:
+    """The drawn file's audio, or the next one's when its body turns out unreadable."""
+    for i in range(len(sources)):
+        try:
+            noise = _noise(sources[(first + i) % len(sources)], rate)
         except AudioError:
             continue
-    return tuple(audio)
+        if len(noise):
+            return noise
+    raise AugmentationError(f"no overlay source file could be decoded (of {len(sources)})")
 
 
 class OnSignal(SampleAugmentation):

@@ -12,7 +12,6 @@ read from model.json on resume; a run asked for a different one gets a clear err
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,9 @@ import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet, alphabet_from_record
 from deepspeech_core.config import FeatureConfig, ModelConfig
-from deepspeech_core.io_utils import atomic_write_json
+from deepspeech_core.io_utils import atomic_write_json, read_json_or_none
 from deepspeech_core.model import create_model, rng_variables
+from deepspeech_core.training_state import check_state_file
 
 
 class CheckpointError(ValueError):
@@ -85,8 +85,10 @@ def tracked_state(model: keras.Model, optimizer: keras.optimizers.Optimizer | No
 
 
 def read_spec(checkpoint_dir: Path) -> ModelSpec | None:
-    path = Path(checkpoint_dir) / "model.json"
-    return ModelSpec.from_json(json.loads(path.read_text())) if path.is_file() else None
+    """The model checkpoint_dir holds; None if none (or its model.json is damaged: the
+    run's own settings rewrite it, and weights that do not fit are refused on restore)."""
+    data = read_json_or_none(Path(checkpoint_dir) / "model.json", "model description")
+    return ModelSpec.from_json(data) if isinstance(data, dict) else None
 
 
 def write_spec(checkpoint_dir: Path, spec: ModelSpec) -> None:
@@ -111,6 +113,7 @@ def latest(checkpoint_dir: Path, which: str = "best") -> Path | None:
     """Checkpoint prefix to load: `best` falls back to the newest periodic one."""
     order = ["best", "train"] if which == "best" else ["train"]
     for sub in order:
+        check_state_file(Path(checkpoint_dir) / sub)
         prefix = tf.train.latest_checkpoint(str(Path(checkpoint_dir) / sub))
         if prefix:
             return Path(prefix)

@@ -4,6 +4,7 @@ Every input row either ends in a clean split CSV (DeepSpeech's format, 16 kHz mo
 16-bit wav) or in rejected.csv with one reason. The user's files are only ever read.
 
 Order of checks, each row stopping at the first that fails: bad_row (malformed row),
+control_character (a line break, tab, other control or invisible character),
 missing_file, empty_transcript, alphabet, then the audio (unsupported_format,
 unreadable_audio, empty_audio), too_long, too_short, and last duplicate/leakage, which
 compare decoded audio across the whole corpus.
@@ -11,9 +12,9 @@ compare decoded audio across the whole corpus.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,16 +32,23 @@ from deepspeech_core.audio_import import (
     run_jobs,
 )
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.io_utils import atomic_path, atomic_write_json, file_sha256, text_sha256
+from deepspeech_core.io_utils import (
+    atomic_path,
+    atomic_write_json,
+    file_sha256,
+    read_json_or_none,
+    text_sha256,
+)
 from deepspeech_core.manifests import CorpusManifest
 from deepspeech_core.tables import TableError, read_table
-from deepspeech_core.text import normalize_sentence
+from deepspeech_core.text import ORTHOGRAPHIC_INVISIBLES, normalize_sentence
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 REASONS = (
     "bad_row",
+    "control_character",
     "missing_file",
     "empty_transcript",
     "alphabet",
@@ -128,6 +136,12 @@ def read_common_voice(corpus_dir: Path, cfg: CorpusConfig) -> list[Row]:
                 row.reject("bad_row", t.problem)
             elif not name:
                 row.reject("bad_row", "empty 'path' value")
+            elif _outside_clips(name):
+                row.reject(
+                    "bad_row",
+                    f"'path' {name!r} is not a file name inside clips/ (it is absolute, "
+                    "names a folder or contains '..'); Common Voice paths are bare file names",
+                )
             rows.append(row)
     return rows
 
@@ -153,6 +167,11 @@ def read_deepspeech_csvs(split: str, files: Iterable[Path]) -> list[Row]:
                 row.reject("bad_row", "empty 'wav_filename' value")
             rows.append(row)
     return rows
+
+
+def _outside_clips(name: str) -> bool:
+    """A Common Voice `path` that would reach beyond clips/ (or is not a file name)."""
+    return "/" in name or "\\" in name or name in (".", "..") or os.path.isabs(name)
 
 
 def _read(path: Path, delimiter: str, required: list[str]):
@@ -198,6 +217,34 @@ def _check_text(row: Row, alphabet: Alphabet) -> None:
         )
     else:
         row.labels = alphabet.encode(row.transcript)
+
+
+# Unicode categories no transcript may hold: control (\n, \t, ...), format (zero-width
+# spaces, word joiners, ...) and line/paragraph separators; except the invisibles that
+# belong to writing (direction marks, Persian and Indic joiners), which the normaliser
+# handles (text.ORTHOGRAPHIC_INVISIBLES).
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def _check_characters(row: Row) -> None:
+    """Reject a sentence holding characters that would enter the alphabet unseen."""
+    if not row.ok:
+        return
+    sentence = row.sentence
+    found = [
+        (i, c)
+        for i, c in enumerate(sentence)
+        if unicodedata.category(c) in _INVISIBLE and c not in ORTHOGRAPHIC_INVISIBLES
+    ]
+    if found:
+        names = ", ".join(
+            f"U+{ord(c):04X} {unicodedata.name(c, 'control')} at {i}" for i, c in found[:5]
+        )
+        row.reject(
+            "control_character",
+            f"the sentence holds {len(found)} control or invisible character(s): {names}; "
+            "remove them from the transcript",
+        )
 
 
 def _check_missing(row: Row) -> None:
@@ -248,7 +295,8 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
     stale = remove_stale_temporaries(clips_dir)
     if stale:
         log.info("removed %d partial file(s) left by an interrupted import", stale)
-    jobs = [plan_job(r.audio, clips_dir, features.audio_sample_rate) for r in todo]
+    rate = features.audio_sample_rate
+    jobs = [plan_job(r.audio, clips_dir, rate, cfg.max_duration) for r in todo]
     workers = cfg.import_workers or os.cpu_count() or 1
     to_convert = sum(j.source != j.target and not Path(j.target).is_file() for j in jobs)
     log.info(
@@ -372,13 +420,17 @@ def _reusable(manifest_path: Path, key: str, alphabet_path: Path | None) -> Corp
     A given alphabet equal to the one used before (a checkpoint's alphabet that was
     derived from this very corpus, typically) does not force a new validation.
     """
-    if not manifest_path.is_file():
+    previous = read_json_or_none(manifest_path, "corpus manifest")
+    if not isinstance(previous, dict) or previous.get("input_key") != key:
         return None
-    previous = json.loads(manifest_path.read_text())
-    if previous.get("input_key") != key:
+    try:
+        manifest = CorpusManifest.model_validate(previous["manifest"])
+    except (KeyError, ValueError) as exc:
+        log.warning("corpus manifest %s is damaged (%s); validating again", manifest_path, exc)
         return None
-    manifest = CorpusManifest.model_validate(previous["manifest"])
     if not all(p.is_file() for p in [*manifest.splits.values(), manifest.alphabet_path]):
+        return None
+    if not _clips_intact(manifest):
         return None
     if alphabet_path is None:
         same_alphabet = not previous.get("alphabet_given")
@@ -387,6 +439,29 @@ def _reusable(manifest_path: Path, key: str, alphabet_path: Path | None) -> Corp
             Alphabet.load(alphabet_path) == Alphabet.load(manifest.alphabet_path)
         )
     return manifest.model_copy(update={"reused": True}) if same_alphabet else None
+
+
+def _clips_intact(manifest: CorpusManifest) -> bool:
+    """Every clip the splits list still has the size it was written with (stat only).
+
+    An imported clip emptied or cut short by a power loss or a full disk makes the
+    corpus be validated again, which converts that clip anew.
+    """
+    for split_csv in manifest.splits.values():
+        try:
+            listed = pd.read_csv(split_csv, usecols=["wav_filename", "wav_filesize"])
+        except (OSError, ValueError) as exc:
+            log.warning("%s is damaged (%s); validating again", split_csv, exc)
+            return False
+        for wav, size in zip(listed.wav_filename, listed.wav_filesize, strict=True):
+            try:
+                actual = os.stat(wav).st_size
+            except OSError:
+                actual = -1
+            if actual != size:
+                log.warning("%s has %d bytes, %d expected; validating again", wav, actual, size)
+                return False
+    return True
 
 
 def _choose_alphabet(
@@ -486,6 +561,7 @@ def validate_corpus(
 
     rows = _source_rows(cfg)
     for row in rows:
+        _check_characters(row)
         _check_missing(row)
     _filter_alphabet(rows, cfg.filter_alphabet)
     alphabet = _choose_alphabet(rows, alphabet_path, cfg.bytes_output_mode)

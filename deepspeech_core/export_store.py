@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from deepspeech_core.io_utils import fsync_dir, fsync_tree
+
 log = logging.getLogger(__name__)
 
 CURRENT = "current"
@@ -75,7 +77,9 @@ def commit(staging: Path, name: str) -> Path:
     target = staging.parent / name
     if target.exists():
         raise ExportStoreError(f"{target} already exists: another export ran at the same time")
+    fsync_tree(staging)  # every file on disk before the version counts as written
     staging.rename(target)
+    fsync_dir(staging.parent)
     return target
 
 
@@ -87,6 +91,7 @@ def promote(root: Path, version: Path) -> Path:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(Path(version).name)  # relative: the directory can be moved as a whole
     os.replace(tmp, link)
+    fsync_dir(root)
     log.info("%s now points to %s", link, Path(version).name)
     return link
 

@@ -37,7 +37,12 @@ from deepspeech_core.audio_import import remove_stale_temporaries
 from deepspeech_core.augmentation import augment_audio, parse_augmentations
 from deepspeech_core.config import FeatureConfig
 from deepspeech_core.features import MfccExtractor
-from deepspeech_core.io_utils import atomic_path, atomic_write_json, text_sha256
+from deepspeech_core.io_utils import (
+    atomic_path,
+    atomic_write_json,
+    read_json_or_none,
+    text_sha256,
+)
 from deepspeech_core.manifests import CorpusManifest, FeatureCacheManifest
 
 log = logging.getLogger(__name__)
@@ -90,6 +95,39 @@ def read_catalog(ns_dir: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["content_hash", "shard", "offset", "n_frames"])
     frames = [pd.read_csv(p, dtype={"content_hash": str, "shard": str}) for p in indexes]
     return pd.concat(frames, ignore_index=True).drop_duplicates("content_hash")
+
+
+def _shard_problem(index_csv: Path, n_input: int) -> str | None:
+    """Why a complete-looking shard cannot be trusted (None: it can)."""
+    npy = index_csv.with_name(index_csv.name.removesuffix(".index.csv") + ".npy")
+    try:
+        index = pd.read_csv(index_csv, dtype={"content_hash": str, "shard": str})
+        array = np.load(npy, mmap_mode="r")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:  # EmptyDataError included
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    needed = int((index.offset + index.n_frames).max()) if len(index) else 0
+    if array.ndim != 2 or array.shape[0] < needed or (needed and array.shape[1] != n_input):
+        return f"array of shape {array.shape} for clips needing {needed} frames of {n_input}"
+    return None
+
+
+def heal_shards(ns_dir: Path, n_input: int) -> int:
+    """Delete damaged shards (truncated array, empty index) so they are computed again.
+
+    A power loss or a full disk can leave a shard whose rename happened but whose data
+    did not reach the disk; every later run would fail on it. Returns how many.
+    """
+    removed = 0
+    for index_csv in sorted((Path(ns_dir) / "shards").glob("*.index.csv")):
+        problem = _shard_problem(index_csv, n_input)
+        if problem is None:
+            continue
+        log.warning("feature shard %s is damaged (%s); computing it again", index_csv, problem)
+        npy = index_csv.with_name(index_csv.name.removesuffix(".index.csv") + ".npy")
+        index_csv.unlink(missing_ok=True)
+        npy.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def plan_shards(
@@ -239,6 +277,7 @@ def _ensure_clips(
     stale = remove_stale_temporaries(ns_dir / "shards")
     if stale:
         log.info("removed %d partial file(s) left by an interrupted build", stale)
+    heal_shards(ns_dir, features.n_input)
     known = set(read_catalog(ns_dir).content_hash)
     missing = {(h, w) for h, w in clips if h not in known}
     jobs = plan_shards(ns_dir, missing, features, shard_size, sample_augment, augment_seed)
@@ -288,6 +327,26 @@ def _clip_set(frames: Iterable[pd.DataFrame]) -> set[tuple[str, str]]:
     return {(h, w) for df in frames for h, w in zip(df.content_hash, df.wav_filename, strict=True)}
 
 
+def _previous_manifest(path: Path) -> FeatureCacheManifest | None:
+    """The last build's manifest; None if absent or damaged (then the cache is checked)."""
+    data = read_json_or_none(path, "feature cache manifest")
+    try:
+        return None if data is None else FeatureCacheManifest.model_validate(data)
+    except ValueError as exc:
+        log.warning("feature cache manifest %s is damaged (%s); rebuilding", path, exc)
+        return None
+
+
+def _intact(manifest: FeatureCacheManifest, features: FeatureConfig) -> bool:
+    """The manifest's indexes, their params.json and every shard they use are readable."""
+    dirs = {p.parent for p in manifest.indexes.values()}
+    return (
+        all(p.is_file() and p.stat().st_size > 0 for p in manifest.indexes.values())
+        and all(read_json_or_none(d / "params.json", "feature parameters") for d in dirs)
+        and sum(heal_shards(d, features.n_input) for d in dirs) == 0
+    )
+
+
 def build_feature_cache(
     corpus: CorpusManifest,
     features: FeatureConfig,
@@ -309,14 +368,11 @@ def build_feature_cache(
     manifest_path = ns_dir / "manifest.json"
     aug_key = text_sha256(json.dumps(sample_augment), str(augment_seed)) if sample_augment else ""
     fingerprint = text_sha256(corpus.fingerprint, ns, aug_key)
-    if manifest_path.is_file():
-        previous = FeatureCacheManifest.model_validate_json(manifest_path.read_text())
-        if previous.fingerprint == fingerprint and all(
-            p.is_file() for p in previous.indexes.values()
-        ):
-            log.info("feature cache %s is up to date; nothing to compute", ns)
-            total = sum(previous.counts.values())
-            return previous.model_copy(update={"computed": 0, "reused_clips": total})
+    previous = _previous_manifest(manifest_path)
+    if previous is not None and previous.fingerprint == fingerprint and _intact(previous, features):
+        log.info("feature cache %s is up to date; nothing to compute", ns)
+        total = sum(previous.counts.values())
+        return previous.model_copy(update={"computed": 0, "reused_clips": total})
 
     splits = {split: _split_clips(path) for split, path in corpus.splits.items()}
     catalog, computed = _ensure_clips(

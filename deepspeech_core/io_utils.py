@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,12 +16,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 _CHUNK = 1 << 20
 
 
 @contextmanager
-def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only on success."""
+def atomic_path(path: Path, suffix: str = "", durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only on success.
+
+    `durable` (the default) syncs the file before the rename and the directory after
+    it, so that after a power loss `path` is the old file or the whole new one, never
+    an empty one. Outputs that are checked on reading and rebuilt when damaged (imported
+    clips) skip it: one sync per clip would cost more than the import.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
@@ -28,13 +37,65 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if durable:
+            fsync_file(tmp_path)
         os.replace(tmp_path, path)
+        if durable:
+            fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to the disk (it survives a power loss once this returns)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries: a rename or new file in it survives a power loss."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # a platform or filesystem without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; nothing more to do
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under `root` (before renaming it into place)."""
+    root = Path(root)
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fsync_file(Path(directory) / name)
+        fsync_dir(Path(directory))
+
+
+def read_json_or_none(path: Path, what: str) -> Any | None:
+    """A JSON state file, or None when it is missing or damaged (empty, truncated).
+
+    Callers rebuild what the file described; a damaged one is logged with its name,
+    so that a power loss costs a recomputation instead of failing every later run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s %s is damaged (%s); it will be rebuilt", what, path, exc)
+        return None
+
+
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_bytes(data)
 
 

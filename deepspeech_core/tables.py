@@ -1,9 +1,10 @@
 """Reading Common Voice tsv and DeepSpeech CSV files row by row, keeping line numbers.
 
-Real releases carry byte-order marks, CRLF line ends, stray non-UTF-8 bytes and rows
-with the wrong number of fields. None of these may stop a corpus from loading or make
-a row vanish: each row comes back either as a dict of its fields or as the reason it
-cannot be read, with the line it stands on, so it can be listed in rejected.csv.
+Real releases carry byte-order marks, CRLF line ends, stray non-UTF-8 bytes (in any
+column), rows with the wrong number of fields, unbalanced quotes and fields over the csv
+module's size limit. None of these may stop a corpus from loading or make a row vanish:
+each row comes back either as a dict of its fields or as the reason it cannot be read,
+with the line it stands on, so it can be listed in rejected.csv.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,15 +35,65 @@ def _decode(data: bytes) -> str:
     return data.decode("utf-8-sig", errors="surrogateescape")
 
 
+class _Lines:
+    """The file's physical lines, handed to csv.reader one at a time from a position
+    that can be moved back (to re-read lines a runaway quoted field swallowed)."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = list(io.StringIO(text, newline=""))  # splits on \n, \r\n and \r only
+        self.pos = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.pos >= len(self.lines):
+            raise StopIteration
+        self.pos += 1
+        return self.lines[self.pos - 1]
+
+
+def _records(lines: _Lines, reader) -> Iterator[tuple[int, list[str] | None, str]]:
+    """(line number, fields or None, problem) for every non-blank physical line's record.
+
+    A record may span lines only through a quoted line break; then its first line is
+    reported as malformed and the following lines are read again as rows of their own,
+    so an unbalanced quote cannot silently swallow the rest of the file.
+    """
+    while True:
+        start = lines.pos
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+            lines.pos = start + 1
+            yield start + 1, None, f"unreadable row: {exc}"
+            continue
+        if lines.pos - start > 1:
+            yield (
+                start + 1,
+                None,
+                f"a quoted field runs over lines {start + 1}-{lines.pos}: a line break inside "
+                "quotes, or an unbalanced quote; the following lines are read on their own",
+            )
+            lines.pos = start + 1
+            continue
+        if record and record != [""]:
+            yield start + 1, record, ""
+
+
 def read_table(path: Path, delimiter: str, required: list[str]) -> list[TableRow]:
     """Rows of a tsv (Common Voice, unquoted) or csv (DeepSpeech, quoted) file."""
-    text = _decode(Path(path).read_bytes())
+    lines = _Lines(_decode(Path(path).read_bytes()))
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    header = next(reader, None)
-    if header is None:
+    records = _records(lines, csv.reader(lines, delimiter=delimiter, quoting=quoting))
+    first = next(records, None)
+    if first is None:
         raise TableError(f"{path} is empty: it needs a header line with {required}")
-    header = [h.strip() for h in header]
+    if first[1] is None:
+        raise TableError(f"{path}: the header line cannot be read ({first[2]}); fix line 1")
+    header = [h.strip() for h in first[1]]
     missing = [c for c in required if c not in header]
     if missing:
         raise TableError(
@@ -49,20 +101,13 @@ def read_table(path: Path, delimiter: str, required: list[str]) -> list[TableRow
             "'path' and 'sentence'; DeepSpeech CSVs need 'wav_filename' and 'transcript'."
         )
     rows: list[TableRow] = []
-    line = reader.line_num
-    for record in reader:
-        start, line = line + 1, reader.line_num
-        if not record or record == [""]:
-            continue  # blank line
-        if len(record) != len(header):
-            rows.append(
-                TableRow(start, None, f"expected {len(header)} fields, found {len(record)}")
-            )
-            continue
-        fields = dict(zip(header, record, strict=True))
-        bad = [k for k in required if _SURROGATES.search(fields[k])]
-        if bad:
-            rows.append(TableRow(start, None, f"column(s) {bad} are not valid UTF-8"))
-            continue
-        rows.append(TableRow(start, fields))
+    for line, record, problem in records:
+        if record is None:
+            rows.append(TableRow(line, None, problem))
+        elif len(record) != len(header):
+            rows.append(TableRow(line, None, f"expected {len(header)} fields, found {len(record)}"))
+        elif bad := [h for h, v in zip(header, record, strict=True) if _SURROGATES.search(v)]:
+            rows.append(TableRow(line, None, f"column(s) {bad} are not valid UTF-8"))
+        else:
+            rows.append(TableRow(line, dict(zip(header, record, strict=True))))
     return rows

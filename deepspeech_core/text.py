@@ -25,15 +25,17 @@ _APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\u0060\u00b4
 # Characters that carry no sound and must not reach the alphabet: bidirectional
 # controls (LRM, RLM, embeddings, isolates), soft hyphen, BOM, Arabic tatweel (a
 # stretching stroke).
-_DROPPED = str.maketrans(
-    dict.fromkeys(
-        "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-        "\u00ad\ufeff\u0640",
-        None,
-    )
+_DROPPED_CHARACTERS = (
+    "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    "\u00ad\ufeff\u0640"
 )
+_DROPPED = str.maketrans(dict.fromkeys(_DROPPED_CHARACTERS, None))
 # Zero-width (non-)joiners spell Persian and Indic words; they are kept between letters.
 _JOINERS = "\u200c\u200d"
+# Invisible characters that are part of writing (direction marks in Arabic and Hebrew
+# sentences, joiners in Persian and Indic words): the normaliser handles them, so row
+# validation must not reject a sentence for holding them.
+ORTHOGRAPHIC_INVISIBLES = frozenset(_DROPPED_CHARACTERS + _JOINERS)
 
 
 def _kept(ch: str, keep: str) -> bool:

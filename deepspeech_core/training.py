@@ -8,7 +8,6 @@ plateau rules. Everything a restart needs is in the checkpoint (see training_sta
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -36,7 +35,7 @@ from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.dataset import Batch, SplitIndex, batch_plan, batch_signature, make_dataset
 from deepspeech_core.devices import DeviceReport, preflight, warn_if_model_on_cpu
 from deepspeech_core.gpu_monitor import GpuMonitor, check_gpu_agreement, record_attempt
-from deepspeech_core.io_utils import atomic_write_json
+from deepspeech_core.io_utils import atomic_write_json, read_json_or_none
 from deepspeech_core.locking import training_lock
 from deepspeech_core.losses import ctc_loss_per_sample, make_eval_step
 from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
@@ -368,9 +367,9 @@ def _gpu_monitor(cfg: TrainingConfig, nvml: Any) -> GpuMonitor:
 
 def _load_history(path: Path, completed_epochs: int) -> dict[str, list[float]]:
     """Per-epoch losses, trimmed to the epochs the restored checkpoint had completed."""
-    if not path.is_file():
+    data = read_json_or_none(path, "training history")
+    if not isinstance(data, dict):
         return {"train_loss": [], "dev_loss": []}
-    data = json.loads(path.read_text())
     return {k: list(data.get(k, []))[:completed_epochs] for k in ("train_loss", "dev_loss")}
 
 

@@ -17,12 +17,61 @@ import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.config import TrainingConfig
+from deepspeech_core.io_utils import fsync_dir, fsync_file
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointStateError(RuntimeError):
     """No usable checkpoint where one was required; says what to do."""
+
+
+def _step_of(index_file: Path) -> int:
+    digits = index_file.name.removeprefix("ckpt-").removesuffix(".index")
+    return int(digits) if digits.isdigit() else -1
+
+
+def check_state_file(directory: Path) -> None:
+    """Refuse a directory whose state file is gone or damaged while ckpt-* files remain.
+
+    TensorFlow finds checkpoints only through the `checkpoint` state file; without it a
+    training would silently start again at step 0 and overwrite the checkpoints it
+    cannot see. The message names the file and the one line that restores it.
+    """
+    directory = Path(directory)
+    found = sorted(directory.glob("ckpt-*.index"), key=_step_of)
+    if not found:
+        return
+    try:
+        listed = tf.train.get_checkpoint_state(str(directory))
+    except (ValueError, tf.errors.OpError):  # an empty or truncated state file
+        listed = None
+    # CheckpointManager pairs paths with timestamps: a list without them lists nothing.
+    if listed is not None and min(
+        len(listed.all_model_checkpoint_paths), len(listed.all_model_checkpoint_timestamps)
+    ):
+        return
+    state = directory / "checkpoint"
+    problem = "is missing" if not state.exists() else "is damaged (empty or unreadable)"
+    newest = found[-1].name.removesuffix(".index")
+    raise CheckpointStateError(
+        f"{state} {problem}, but {directory} holds {len(found)} checkpoint(s) up to {newest}: "
+        f"training now would restart at step 0 and overwrite them. To continue from "
+        f"{newest}, write these three lines into {state}:\n"
+        f'model_checkpoint_path: "{newest}"\n'
+        f'all_model_checkpoint_paths: "{newest}"\n'
+        "all_model_checkpoint_timestamps: 0\n"
+        "or, to start afresh, move the ckpt-* files away."
+    )
+
+
+def sync_checkpoint(prefix: str) -> None:
+    """fsync a saved checkpoint's files and its directory's state file: durable once counted."""
+    directory = Path(prefix).parent
+    for path in [*directory.glob(Path(prefix).name + ".*"), directory / "checkpoint"]:
+        if path.is_file():
+            fsync_file(path)
+    fsync_dir(directory)
 
 
 class TrainState:
@@ -70,6 +119,12 @@ class CheckpointSaver:
         time_based: bool = True,
     ) -> None:
         self.ckpt = ckpt
+        for directory in {
+            Path(d) / sub
+            for d in (checkpoint_dir, read_dir or checkpoint_dir)
+            for sub in ("train", "best")
+        }:
+            check_state_file(directory)
         self.periodic = tf.train.CheckpointManager(
             ckpt, str(checkpoint_dir / "train"), max_to_keep=cfg.max_to_keep
         )
@@ -103,11 +158,15 @@ class CheckpointSaver:
     def save(self, step: int) -> str:
         self._check_finite()
         self.last_save = time.monotonic()
-        return self.periodic.save(checkpoint_number=step)
+        prefix = self.periodic.save(checkpoint_number=step)
+        sync_checkpoint(prefix)
+        return prefix
 
     def save_best(self, step: int) -> str:
         self._check_finite()
-        return self.best.save(checkpoint_number=step)
+        prefix = self.best.save(checkpoint_number=step)
+        sync_checkpoint(prefix)
+        return prefix
 
     def maybe_save(self, step: int) -> str | None:
         due_steps = step % self.cfg.checkpoint_steps == 0

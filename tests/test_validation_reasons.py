@@ -68,6 +68,7 @@ def every_reason_corpus(tmp_path_factory) -> Path:
         b"spk1\tonly_two_fields.flac",  # 15: bad_row (field count)
         b"spk1\ta.flac\tCaf\xe9 au lait.\t2\t0\t\t\t\ten\t",  # 16: bad_row (not UTF-8)
         _tsv_line("", "No path."),  # 17: bad_row (empty path)
+        _tsv_line("a.flac", "Zero\u200bwidth."),  # 18: control_character
     ]
     (root / "train.tsv").write_bytes(b"\n".join(train) + b"\n")
     (root / "dev.tsv").write_bytes(
@@ -95,6 +96,7 @@ EXPECTED = {
     15: "bad_row",
     16: "bad_row",
     17: "bad_row",
+    18: "control_character",
 }
 
 
