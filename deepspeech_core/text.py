@@ -26,8 +26,7 @@ _APOSTROPHES = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc\u2032\u0060\u00b4
 # controls (LRM, RLM, embeddings, isolates), soft hyphen, BOM, Arabic tatweel (a
 # stretching stroke).
 _DROPPED_CHARACTERS = (
-    "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-    "\u00ad\ufeff\u0640"
+    "\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u00ad\ufeff\u0640"
 )
 _DROPPED = str.maketrans(dict.fromkeys(_DROPPED_CHARACTERS, None))
 # Zero-width (non-)joiners spell Persian and Indic words; they are kept between letters.

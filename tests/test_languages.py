@@ -163,3 +163,22 @@ def test_language_flags_fill_the_corpus_config(tmp_path):
     assert cfg.corpus.filter_alphabet == tmp_path / "a.txt"
     default = build_config(None, {})
     assert not default.corpus.normalize_ascii and not default.corpus.bytes_output_mode
+
+
+@pytest.mark.parametrize(
+    ("sentence", "rejected"),
+    [
+        ("\u200fשלום עולם\u200f", False),  # Hebrew with right-to-left marks
+        ("می\u200cخواهم", False),  # Persian zero-width non-joiner
+        ("क्\u200dष", False),  # Devanagari zero-width joiner
+        ("zero\u200bwidth", True),  # zero-width space: no script spells with it
+        ("word\u2060joiner", True),
+        ("tab\tinside", True),
+    ],
+)
+def test_row_validation_keeps_the_invisibles_that_belong_to_writing(sentence, rejected):
+    from deepspeech_core.corpus import Row, _check_characters
+
+    row = Row("train", "train.tsv", 2, None, sentence, sentence)
+    _check_characters(row)
+    assert (row.reason == "control_character") is rejected, row.detail
