@@ -139,15 +139,24 @@ def _stage_command(target: str, reuse_trained_model: bool):
 
 
 def _run_flow(cfg, target: str, reuse_trained_model: bool, retrain_from: str) -> None:
+    from deepspeech_core import stopping
+    from deepspeech_flow.server import temporary_server
     from flows.train_cv import train_cv
 
     started = time.monotonic()
-    result = train_cv(
-        config=cfg,
-        target=target,
-        reuse_trained_model=reuse_trained_model,
-        retrain_from=retrain_from,
-    )
+    with temporary_server():
+        state = train_cv(
+            config=cfg,
+            target=target,
+            reuse_trained_model=reuse_trained_model,
+            retrain_from=retrain_from,
+            return_state=True,
+        )
+    signum = stopping.requested()
+    if signum is not None and not state.is_completed():  # Ctrl-C: the run says where
+        typer.echo(f"train-cv {state.name.lower()}: {state.message}", err=True)
+        raise typer.Exit(code=128 + signum)
+    result = state.result()  # the run's error, if it failed
     elapsed = time.monotonic() - started
     typer.echo("")
     typer.echo(
@@ -303,5 +312,30 @@ def make_demo_corpus_command(
     typer.echo(f"demo corpus: {locale_dir} ({count} clips, {time.monotonic() - started:.1f} s)")
 
 
+def main() -> None:
+    """The `deepspeech-flow` command: the app, and a prompt exit after a signal stop.
+
+    After a stop by SIGINT/SIGTERM the checkpoint is written, the run's state, logs and
+    events are reported and the temporary server is stopped; what remains is the
+    interpreter tearing TensorFlow down, several seconds that count against
+    `docker stop`'s 10 s, so it is skipped.
+    """
+    import logging
+    import os
+    import sys
+
+    from deepspeech_core import stopping
+
+    try:
+        app()
+    except SystemExit as done:
+        if stopping.requested() is None:
+            raise
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code if isinstance(done.code, int) else 1)
+
+
 if __name__ == "__main__":
-    app()
+    main()
