@@ -147,3 +147,13 @@ def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> Non
     _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), sig)
+
+
+def pool_worker_init() -> None:
+    """Initializer of worker processes: Ctrl-C is the parent's to handle; end with it.
+
+    Ctrl-C reaches the terminal's whole process group; a worker that died of it would
+    only turn a clean stop into a broken pool. The parent stops handing out work.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGTERM)
