@@ -16,6 +16,7 @@ import signal
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import TerminationSignal
+from prefect.logging.handlers import APILogWorker
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
@@ -37,5 +38,7 @@ def stopped_run_state(stop: StopRequested) -> State:
     """Cancelled for a deliberate stop; raises TerminationSignal (-> Crashed) otherwise."""
     print(stop.message)
     if stop.signum == signal.SIGTERM and not _being_cancelled():
+        # The process ends by the signal: send the run's logs (the step) to the UI first.
+        APILogWorker.drain_all(timeout=5)
         raise TerminationSignal(signal=signal.SIGTERM) from stop
     return Cancelled(message=stop.message)

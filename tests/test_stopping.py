@@ -33,12 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 # Docker's default grace between SIGTERM and SIGKILL: a tiny model must stop well within it.
 STOP_BOUND_SECONDS = 10.0
 SEED = 20  # picks the moments the signals are sent
+NOT_STATE = ("save_counter/", "_CHECKPOINTABLE_OBJECT_GRAPH")
 
 TRAIN = [
     "--n_hidden",
     "32",
     "--epochs",
-    "30",
+    "10",
     "--train_batch_size",
     "4",
     "--dev_batch_size",
@@ -49,7 +50,7 @@ TRAIN = [
     "7",
     "--deterministic",
 ]
-STEPS = 30 * 8  # 32 training clips, 4 per batch
+EPOCHS, STEPS = 10, 10 * 8  # 32 training clips, 4 per batch
 
 
 def _command(corpus: Path, workdir: Path) -> list[str]:
@@ -104,7 +105,9 @@ def _final_weights(workdir: Path) -> dict[str, np.ndarray]:
 
     (train_dir,) = (workdir / "checkpoints").glob("*/train")
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(train_dir)))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+    # Everything but the bookkeeping of the saves themselves (how many, the object graph).
+    names = [n for n in reader.get_variable_to_shape_map() if not n.startswith(NOT_STATE)]
+    return {name: reader.get_tensor(name) for name in names}
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -142,9 +145,9 @@ def test_sigint_sigterm_sigkill_stop_cleanly_and_resume_bit_exact(tiny_cv, tmp_p
     for where in (workdir, tmp_path / "uninterrupted"):
         result = CliRunner().invoke(app, _command(tiny_cv, where))
         assert result.exit_code == 0, result.output + repr(result.exception)
-        assert f"step {STEPS}, epochs 30" in result.output
+        assert f"step {STEPS}, epochs {EPOCHS}" in result.output
     resumed, reference = _final_weights(workdir), _final_weights(tmp_path / "uninterrupted")
-    assert resumed.keys() == reference.keys()
+    assert resumed.keys() == reference.keys() and any("lstm" in k for k in reference)
     different = [k for k in reference if not np.array_equal(resumed[k], reference[k])]
     assert not different, f"after stops at {stops}, these differ: {different}"
     print("stops (signal, step, seconds to exit):", stops)
