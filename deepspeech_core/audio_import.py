@@ -123,7 +123,10 @@ def run_jobs(jobs: list[ImportJob], workers: int = 0) -> Iterator[ImportResult]:
         return
     chunksize = max(1, min(64, len(jobs) // (workers * 8)))
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=_pool_context(), initializer=stopping.pool_worker_init
+        max_workers=workers,
+        mp_context=_pool_context(),
+        initializer=stopping.pool_worker_init,
+        initargs=(os.getpid(),),
     ) as pool:
         for result in pool.map(run_job, jobs, chunksize=chunksize):
             if stopping.requested() is not None:  # converted clips are kept (atomic)

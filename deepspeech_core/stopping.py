@@ -149,11 +149,29 @@ def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> Non
         os.kill(os.getpid(), sig)
 
 
-def pool_worker_init() -> None:
+def pool_worker_init(owner: int | None = None) -> None:
     """Initializer of worker processes: Ctrl-C is the parent's to handle; end with it.
 
     Ctrl-C reaches the terminal's whole process group; a worker that died of it would
     only turn a clean stop into a broken pool. The parent stops handing out work.
+    A worker started through a fork server (whose parent is that server, which outlives
+    a SIGKILLed owner) also watches `owner`, the process that made the pool.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(signal.SIGTERM)
+    if owner is not None and owner != os.getppid():
+        threading.Thread(target=_exit_when_gone, args=(owner,), daemon=True).start()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except OSError:
+        return False
+
+
+def _exit_when_gone(pid: int, every: float = 1.0) -> None:
+    while _running(pid):
+        time.sleep(every)
+    os._exit(1)

@@ -39,7 +39,9 @@ def _map_shards(_fn, jobs: list[ShardJob]) -> list[ShardResult]:
 def make_task_runner(execution: ExecutionConfig) -> TaskRunner:
     workers = execution.workers or os.cpu_count() or 1
     if execution.task_runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=workers, initializer=stopping.pool_worker_init)
+        return ProcessPoolTaskRunner(
+            max_workers=workers, initializer=stopping.pool_worker_init, initargs=(os.getpid(),)
+        )
     if execution.task_runner == "dask":
         try:
             from prefect_dask import DaskTaskRunner

@@ -196,3 +196,36 @@ def test_stop_request_is_raised_only_where_checked():
         assert "SIGTERM: stopped training at step 12" in str(stop.value)
     assert signal.getsignal(signal.SIGTERM) is before
     stopping.clear()
+
+
+def test_pool_workers_end_with_the_command_that_started_them(tmp_path):
+    """Workers started like the import pool's die with a SIGKILLed parent (no orphans)."""
+    script = (
+        "import multiprocessing, os, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from deepspeech_core import stopping\n"
+        "ctx = multiprocessing.get_context('forkserver')\n"
+        "pool = ProcessPoolExecutor(\n"
+        "    2, mp_context=ctx, initializer=stopping.pool_worker_init, initargs=(os.getpid(),)\n"
+        ")\n"
+        "print(' '.join({str(pool.submit(os.getpid).result()) for _ in range(4)}), flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    workers = [psutil.Process(int(p)) for p in proc.stdout.readline().split()]
+    started = psutil.Process(proc.pid).children(recursive=True)
+    assert workers and all(w in started for w in workers)
+    for worker in workers:  # what Ctrl-C sends them: they leave the stop to the parent
+        worker.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert all(w.is_running() for w in workers), "a worker died of Ctrl-C"
+    proc.kill()
+    proc.wait()
+    _assert_nothing_left(started, "SIGKILL of the pool's owner")
