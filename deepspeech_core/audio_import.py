@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from deepspeech_core import stopping
 from deepspeech_core.audio import (
     AudioError,
     audio_info,
@@ -196,5 +197,14 @@ def run_jobs(jobs: list[ImportJob], workers: int = 0) -> Iterator[ImportResult]:
         yield from map(run_job, jobs)
         return
     chunksize = max(1, min(64, len(jobs) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
-        yield from pool.map(run_job, jobs, chunksize=chunksize)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_pool_context(),
+        initializer=stopping.pool_worker_init,
+        initargs=(os.getpid(),),
+    ) as pool:
+        for result in pool.map(run_job, jobs, chunksize=chunksize):
+            if stopping.requested() is not None:  # converted clips are kept (atomic)
+                pool.shutdown(wait=False, cancel_futures=True)
+                stopping.check("importing clips")
+            yield result

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from deepspeech_core import progress
+from deepspeech_core import progress, stopping
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.augmentation import AugmentationPlan, parse_augmentations, split_specs
 from deepspeech_core.checkpoints import (
@@ -159,6 +159,7 @@ def dev_loss(eval_step, index: SplitIndex, batch_size: int, n_input: int) -> flo
     """Mean per-clip CTC loss over a split (non-finite clips are left out and logged)."""
     total, count, bad = 0.0, 0, 0
     for batch in make_dataset(index, batch_plan(index.n_frames, batch_size), n_input):
+        stopping.check("training")  # a stop need not wait for the whole dev pass
         losses = eval_step(batch)[1].numpy()
         finite = np.isfinite(losses)
         bad += int((~finite).sum())
@@ -398,8 +399,30 @@ class _Loop:
         return math.ceil(len(self.train_index) / self.cfg.train_batch_size)
 
     def run(self) -> None:
+        try:
+            self._run_epochs()
+        except stopping.StopRequested as stop:
+            raise self._stop(stop) from None
+
+    def _stop(self, stop: stopping.StopRequested) -> stopping.StopRequested:
+        """Checkpoint the step reached (as a periodic save would), for the caller to raise.
+
+        Stops are honoured only between steps and before an epoch's end-of-epoch
+        updates, so the state saved is exactly a periodic checkpoint's: a resume from
+        it is bit-exact.
+        """
+        step = self.state.int("step")
+        latest = self.saver.periodic.latest_checkpoint
+        if not latest or not latest.endswith(f"-{step}"):
+            latest = self.saver.save(step)
+        stopped = stopping.StopRequested(stop.signum, stop.where, step)
+        log.warning("%s; checkpoint %s", stopped.message, latest)
+        return stopped
+
+    def _run_epochs(self) -> None:
         state, cfg = self.state, self.cfg
         while state.int("completed_epochs") < cfg.epochs and not bool(state.stopped_early.numpy()):
+            stopping.check("training")
             epoch = state.int("completed_epochs")
             plan = batch_plan(
                 self.train_index.n_frames, cfg.train_batch_size, seed=cfg.seed, epoch=epoch
@@ -466,6 +489,7 @@ class _Loop:
             if self.on_progress is not None:
                 self.on_progress(Progress(epoch, step, total_steps, loss, speed, gpu))
             self._report(epoch, step, total_steps, loss, float(index.durations[ids].sum()))
+            stopping.check("training")
 
     def _report(self, epoch: int, step: int, total: int, loss: float, seconds: float) -> None:
         """Where training is, for a progress display (deepspeech_core.progress)."""

@@ -186,20 +186,28 @@ def _stage_command(target: str, reuse_trained_model: bool):
 
 def _run_flow(cfg, target: str, reuse_trained_model: bool, retrain_from: str) -> None:
     """Check what can be checked at once, then run the flow (Prefect starts here)."""
+    from deepspeech_core import stopping
     from deepspeech_flow.preflight import check_before_run
 
     check_before_run(cfg.resolved())
     from deepspeech_flow.progress_display import stage_bars
+    from deepspeech_flow.server import temporary_server
     from flows.train_cv import train_cv
 
     started = time.monotonic()
-    with quiet_expected_errors_in_prefect_log(), stage_bars():
-        result = train_cv(
+    with temporary_server(), quiet_expected_errors_in_prefect_log(), stage_bars():
+        state = train_cv(
             config=cfg,
             target=target,
             reuse_trained_model=reuse_trained_model,
             retrain_from=retrain_from,
+            return_state=True,
         )
+    signum = stopping.requested()
+    if signum is not None and not state.is_completed():  # Ctrl-C: the run says where
+        typer.echo(f"train-cv {state.name.lower()}: {state.message}", err=True)
+        raise typer.Exit(code=128 + signum)
+    result = state.result()  # the run's error, if it failed
     elapsed = time.monotonic() - started
     typer.echo("")
     typer.echo(
@@ -373,5 +381,30 @@ def make_demo_corpus_command(
     typer.echo(f"demo corpus: {locale_dir} ({count} clips, {time.monotonic() - started:.1f} s)")
 
 
+def main() -> None:
+    """The `deepspeech-flow` command: the app, and a prompt exit after a signal stop.
+
+    After a stop by SIGINT/SIGTERM the checkpoint is written, the run's state, logs and
+    events are reported and the temporary server is stopped; what remains is the
+    interpreter tearing TensorFlow down, several seconds that count against
+    `docker stop`'s 10 s, so it is skipped.
+    """
+    import logging
+    import os
+    import sys
+
+    from deepspeech_core import stopping
+
+    try:
+        app()
+    except SystemExit as done:
+        if stopping.requested() is None:
+            raise
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code if isinstance(done.code, int) else 1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

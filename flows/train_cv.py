@@ -17,13 +17,15 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from deepspeech_core import export_store
+from deepspeech_core import export_store, stopping
 from deepspeech_core.config import STAGES, PipelineConfig, Stage
 from deepspeech_core.locking import workdir_lock
 from deepspeech_core.manifests import FeatureCacheManifest, PipelineResult
 from deepspeech_core.promotion import comparison_markdown, decide
+from deepspeech_core.stopping import StopRequested, stop_on_signals
 from deepspeech_core.training_runs import checkpoint_dir_for, has_trained_model, latest_trained
 from deepspeech_core.workdir_status import record_last_run
+from flows.stopping import stopped_run_state
 from tasks.evaluate import evaluate_model_task
 from tasks.export import export_model_task
 from tasks.features import build_feature_cache_stage
@@ -169,12 +171,16 @@ def train_cv(
     replaces `export/current` only if its test WER is no worse than the current one's.
     """
     config = with_overrides(config, workdir, corpus).resolved()
-    with workdir_lock(config.workdir):
+    # SIGINT/SIGTERM stop the run at its next safe point (flows/stopping.py).
+    with stop_on_signals(), workdir_lock(config.workdir):
         result, outcome, started = PipelineResult(), "failed", time.time()
         try:
             _run(config, target, reuse_trained_model, retrain_from, result)
             outcome = "completed"
             return result
+        except StopRequested as stop:
+            outcome = f"stopped: {stop.message}"
+            return stopped_run_state(stop)
         except Exception as exc:
             outcome = f"failed: {type(exc).__name__}: {exc}"
             raise
@@ -192,6 +198,7 @@ def _run(
     last = STAGES.index(target)
 
     def timed(stage: str, fn, *args, **kwargs):
+        stopping.check(f"before {stage}")
         started = time.monotonic()
         out = fn(*args, **kwargs)
         result.stage_seconds[stage] = round(time.monotonic() - started, 2)

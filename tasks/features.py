@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
+from deepspeech_core import stopping
 from deepspeech_core.augmentation import split_specs
 from deepspeech_core.config import ExecutionConfig, PipelineConfig
 from deepspeech_core.feature_cache import ShardJob, ShardResult, build_feature_cache, build_shard
@@ -29,18 +30,24 @@ from tasks.retry import retry_unless_expected
     retry_condition_fn=retry_unless_expected,
 )
 def featurise_shard_task(job: ShardJob) -> ShardResult:
+    stopping.check("computing features")  # a stop leaves the shards not begun to the next run
     return build_shard(job)
 
 
 def _map_shards(_fn, jobs: list[ShardJob]) -> list[ShardResult]:
     """deepspeech_core's map function, carried out as Prefect task runs."""
-    return [future.result() for future in featurise_shard_task.map(jobs)]
+    futures = featurise_shard_task.map(jobs)
+    futures.wait()
+    stopping.check("computing features")  # finished shards are kept (written atomically)
+    return [future.result() for future in futures]
 
 
 def make_task_runner(execution: ExecutionConfig) -> TaskRunner:
     workers = execution.workers or os.cpu_count() or 1
     if execution.task_runner == "processes":
-        return ProcessPoolTaskRunner(max_workers=workers)
+        return ProcessPoolTaskRunner(
+            max_workers=workers, initializer=stopping.pool_worker_init, initargs=(os.getpid(),)
+        )
     if execution.task_runner == "dask":
         try:
             from prefect_dask import DaskTaskRunner

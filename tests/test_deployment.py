@@ -272,3 +272,66 @@ def test_a_killed_run_is_restarted_resumes_and_restarts_are_capped(stack, tiny_c
         wait_log(c, stack, capped.id, r"\(max_restarts=1\): not restarting")
         chain = {r.id for r in train_cv_runs(c, f"restart-of:{first.id}")}
         assert chain == {restart.id, last.id}  # no restart:2
+
+
+def _run_until_checkpoint(c, stack: Stack, tiny_cv, workdir: Path, epochs: int) -> UUID:
+    """Start a training run of the deployment; return its id once epoch 0 is checkpointed."""
+    cfg = tiny_config(workdir, tiny_cv, epochs=epochs, train_batch_size=4, checkpoint_steps=1000)
+    params = {"config": cfg.model_dump(mode="json"), "workdir": str(workdir), "target": "train"}
+    deployment = c.read_deployment_by_name("train-cv/train-cv")
+    run = c.create_flow_run_from_deployment(deployment.id, parameters=params)
+    wait_for(
+        f"run {run.id} to checkpoint its first epoch",
+        lambda: newest_checkpoint_step(workdir) >= 8 and stack.flow_runs().get(str(run.id)),
+        lambda pid: bool(pid) or c.read_flow_run(run.id).state.is_final(),
+        240,
+        stack,
+    )
+    assert not c.read_flow_run(run.id).state.is_final(), run_log(c, [run.id])
+    return run.id
+
+
+def test_a_cancelled_run_checkpoints_its_step_and_is_not_restarted(stack, tiny_cv, tmp_path):
+    """`prefect flow-run cancel`: the worker's SIGTERM stops training at a step, saved."""
+    workdir = tmp_path / "work"
+    with client(stack) as c:
+        run_id = _run_until_checkpoint(c, stack, tiny_cv, workdir, epochs=40)
+        out = subprocess.run(
+            [stack.prefect, "flow-run", "cancel", str(run_id)],
+            env=stack.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        run = wait_final(c, stack, run_id, timeout=120)
+        assert run.state.is_cancelled(), (run.state, run_log(c, [run_id]))
+        stopped = wait_log(c, stack, run_id, r"SIGTERM: stopped training at step (\d+)")
+        assert newest_checkpoint_step(workdir) == int(stopped.group(1)) >= 8
+        time.sleep(10)  # a restart would have been triggered by now
+        assert train_cv_runs(c, f"restart-of:{run_id}") == []
+
+
+def test_sigterm_from_outside_checkpoints_and_the_restart_resumes_there(stack, tiny_cv, tmp_path):
+    """`docker stop`/preemption: the run ends Crashed after its checkpoint; the restart resumes."""
+    workdir = tmp_path / "work"
+    with client(stack) as c:
+        run_id = _run_until_checkpoint(c, stack, tiny_cv, workdir, epochs=20)
+        os.kill(stack.flow_runs()[str(run_id)], signal.SIGTERM)
+        run = wait_final(c, stack, run_id, timeout=120)
+        assert run.state.is_crashed(), (run.state, run_log(c, [run_id]))
+        stopped = wait_log(c, stack, run_id, r"SIGTERM: stopped training at step (\d+)")
+        step = int(stopped.group(1))
+        assert newest_checkpoint_step(workdir) == step
+
+        (restart,) = wait_for(
+            "the automatic restart",
+            lambda: train_cv_runs(c, f"restart-of:{run_id}"),
+            lambda runs: len(runs) == 1,
+            120,
+            stack,
+        )
+        restart = wait_final(c, stack, restart.id)
+        assert restart.state.is_completed(), run_log(c, [restart.id])
+        resumed = wait_log(c, stack, restart.id, r"resuming from \S+: step (\d+)")
+        assert int(resumed.group(1)) == step
