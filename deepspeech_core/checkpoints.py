@@ -53,8 +53,10 @@ class ModelSpec:
             ModelConfig.model_validate(data["model"]),
         )
 
-    def build(self, dtype_policy: str | None = None) -> keras.Model:
-        return create_model(self.model, self.features, self.alphabet.n_classes, dtype_policy)
+    def build(self, dtype_policy: str | None = None, seed: int | None = None) -> keras.Model:
+        return create_model(
+            self.model, self.features, self.alphabet.n_classes, dtype_policy, seed=seed
+        )
 
     def architecture(self) -> dict:
         """The parts that must match for weights to load (dropout may change on resume)."""
