@@ -24,6 +24,11 @@ from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.config import FeatureConfig, ModelConfig
 from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.model import create_model, rng_variables
+from deepspeech_core.training_runs import (
+    is_trainings_root,
+    no_trained_model_message,
+    resolve_trained,
+)
 
 
 class CheckpointError(ValueError):
@@ -119,15 +124,19 @@ def latest(checkpoint_dir: Path, which: str = "best") -> Path | None:
     return None
 
 
-def load_model(checkpoint_dir: Path, which: str = "best") -> tuple[keras.Model, ModelSpec, Path]:
-    """Rebuild the model from model.json and load weights (no optimizer, for inference)."""
+def load_model(
+    checkpoint_dir: Path, which: str = "best", flag: str = "--checkpoint_dir"
+) -> tuple[keras.Model, ModelSpec, Path]:
+    """Rebuild the model from model.json and load weights (no optimizer, for inference).
+
+    `checkpoint_dir` is a training, or a directory of trainings (its newest is loaded).
+    """
+    if is_trainings_root(checkpoint_dir):
+        checkpoint_dir = resolve_trained(checkpoint_dir, flag)
     spec = read_spec(checkpoint_dir)
     prefix = latest(checkpoint_dir, which)
     if spec is None or prefix is None:
-        raise CheckpointError(
-            f"no trained model in {checkpoint_dir}: run the train stage first "
-            "(deepspeech-flow train ...) or point --checkpoint_dir at a training's output"
-        )
+        raise CheckpointError(no_trained_model_message(checkpoint_dir, flag))
     model = spec.build()
     tracked_state(model, None).read(str(prefix)).expect_partial()
     return model, spec, prefix
@@ -159,7 +168,7 @@ def transfer_weights(
     A different alphabet changes the output layer, so it must be dropped (at least 1).
     Returns the names of the layers copied.
     """
-    source, source_spec, prefix = load_model(source_dir, "best")
+    source, source_spec, prefix = load_model(source_dir, "best", "--load_checkpoint_dir")
     a, b = source_spec.architecture(), target_spec.architecture()
     mismatch = {k: (a[k], b[k]) for k in a if k != "alphabet" and a[k] != b[k]}
     if mismatch:
