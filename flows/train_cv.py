@@ -21,6 +21,7 @@ from deepspeech_core import export_store
 from deepspeech_core.config import STAGES, PipelineConfig, Stage
 from deepspeech_core.locking import workdir_lock
 from deepspeech_core.manifests import FeatureCacheManifest, PipelineResult
+from deepspeech_core.overlap import check_inputs_outside_outputs
 from deepspeech_core.promotion import comparison_markdown, decide
 from deepspeech_core.training_runs import (
     NoTrainedModelError,
@@ -208,6 +209,11 @@ def train_cv(
     replaces `export/current` only if its test WER is no worse than the current one's.
     """
     config = with_overrides(config, workdir, corpus).resolved()
+    check_inputs_outside_outputs(
+        config.corpus,
+        config.workdir,
+        {"--test_output_file": config.evaluation.test_output_file},
+    )
     config = _resolve_trainings_roots(config, reuse_trained_model and target != "train")
     with workdir_lock(config.workdir):
         return _run(config, target, reuse_trained_model, retrain_from)
