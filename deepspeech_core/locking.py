@@ -38,7 +38,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,6 +52,9 @@ EXPORT_LOCK = "export.lock"
 # `holder()` look holds a shared lock for an instant, which must not refuse a start.
 _SETTLE_SECONDS = 2.0
 _RECHECK_SECONDS = 0.3
+
+
+OnWait = Callable[[dict], None]
 
 
 class LockedError(RuntimeError):
@@ -110,9 +113,16 @@ def _describe(holder: dict) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}, since {started}"
 
 
-def _acquire(path: Path, what: str, instead: str) -> int:
-    """An open descriptor of `path` holding its exclusive lock; LockedError if taken."""
+def _acquire(
+    path: Path, what: str, instead: str, wait: float = 0.0, on_wait: OnWait | None = None
+) -> int:
+    """An open descriptor of `path` holding its exclusive lock.
+
+    LockedError if another process holds it for longer than `wait` seconds; `on_wait`
+    is told once who is being waited for.
+    """
     started = time.monotonic()
+    told = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
@@ -127,7 +137,13 @@ def _acquire(path: Path, what: str, instead: str) -> int:
             raise
         os.close(fd)
         waited = time.monotonic() - started
-        if waited > (_RECHECK_SECONDS if holder else _SETTLE_SECONDS):
+        if holder and waited < wait:
+            if on_wait is not None and not told:
+                on_wait(holder)
+                told = True
+            time.sleep(0.2)
+            continue
+        if waited > max(wait, _RECHECK_SECONDS if holder else _SETTLE_SECONDS):
             raise LockedError(
                 f"{path.parent} is in use by another {what} ({_describe(holder)}). Wait for "
                 f"it to finish, stop it, or {instead}. The lock is the kernel's: it goes "
@@ -149,16 +165,25 @@ def _release(fd: int, path: Path) -> None:
 
 
 @contextmanager
-def directory_lock(directory: Path, name: str, what: str, instead: str) -> Iterator[Path]:
+def directory_lock(
+    directory: Path,
+    name: str,
+    what: str,
+    instead: str,
+    wait: float = 0.0,
+    on_wait: OnWait | None = None,
+) -> Iterator[Path]:
     """Hold DIRECTORY/NAME exclusively for the duration of the block.
 
-    Not re-entrant: a second `directory_lock` on the same file fails even in the same
-    process, as it would in another one.
+    With `wait`, a lock held by another process is waited for up to that many seconds
+    (`on_wait(holder details)` is called once when waiting starts). Not re-entrant: a
+    second `directory_lock` on the same file fails even in the same process, as it would
+    in another one.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    fd = _acquire(path, what, instead)
+    fd = _acquire(path, what, instead, wait, on_wait)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(_owner()) + "\n").encode(), 0)
@@ -207,6 +232,17 @@ def workdir_holder(workdir: Path) -> dict | None:
     return holder(workdir, RUN_LOCK)
 
 
-def export_lock(export_dir: Path):
-    """Hold EXPORT_DIR/export.lock: one export or promotion per export directory."""
-    return directory_lock(export_dir, EXPORT_LOCK, "export", "wait, or give another --export_dir")
+def export_lock(export_dir: Path, wait: float = 0.0, on_wait: OnWait | None = None):
+    """Hold EXPORT_DIR/export.lock: one export or promotion per export directory at a time.
+
+    Exports and promotions are short next to a training, so callers usually `wait`:
+    two runs sharing an --export_dir then export one after the other.
+    """
+    return directory_lock(
+        export_dir, EXPORT_LOCK, "export", "give another --export_dir", wait, on_wait
+    )
+
+
+def describe_holder(holder: dict) -> str:
+    """`pid N on HOST, since TIME`: the lock owner, for messages."""
+    return _describe(holder)
