@@ -197,7 +197,7 @@ def holder(directory: Path, name: str) -> dict | None:
 
     Looks without taking the lock for itself: a shared lock that fails means an owner;
     one that succeeds is dropped at once, and a starter that meets it in that instant
-    finds the file without details and tries again, so looking never refuses a run.
+    tries again for a moment (_RECHECK_SECONDS), so looking never refuses a run.
     """
     path = Path(directory) / name
     try:
