@@ -49,8 +49,10 @@ demo: setup
 	  --config deployments/demo.yaml && \
 	echo "make demo: pipeline time $$(( $$(date +%s) - start )) s"
 
+# A fixed order on CI (-p no:randomly); `$(BIN)/pytest -p randomly` shuffles (tests must
+# pass in any order: each sets up what it needs).
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -p no:randomly
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

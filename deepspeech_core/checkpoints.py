@@ -23,6 +23,11 @@ from deepspeech_core.alphabet import Alphabet, alphabet_from_record
 from deepspeech_core.config import FeatureConfig, ModelConfig
 from deepspeech_core.io_utils import atomic_write_json, read_json_or_none
 from deepspeech_core.model import create_model, rng_variables
+from deepspeech_core.training_runs import (
+    is_trainings_root,
+    no_trained_model_message,
+    resolve_trained,
+)
 from deepspeech_core.training_state import check_state_file
 
 
@@ -53,8 +58,10 @@ class ModelSpec:
             ModelConfig.model_validate(data["model"]),
         )
 
-    def build(self, dtype_policy: str | None = None) -> keras.Model:
-        return create_model(self.model, self.features, self.alphabet.n_classes, dtype_policy)
+    def build(self, dtype_policy: str | None = None, seed: int | None = None) -> keras.Model:
+        return create_model(
+            self.model, self.features, self.alphabet.n_classes, dtype_policy, seed=seed
+        )
 
     def architecture(self) -> dict:
         """The parts that must match for weights to load (dropout may change on resume)."""
@@ -120,15 +127,19 @@ def latest(checkpoint_dir: Path, which: str = "best") -> Path | None:
     return None
 
 
-def load_model(checkpoint_dir: Path, which: str = "best") -> tuple[keras.Model, ModelSpec, Path]:
-    """Rebuild the model from model.json and load weights (no optimizer, for inference)."""
+def load_model(
+    checkpoint_dir: Path, which: str = "best", flag: str = "--checkpoint_dir"
+) -> tuple[keras.Model, ModelSpec, Path]:
+    """Rebuild the model from model.json and load weights (no optimizer, for inference).
+
+    `checkpoint_dir` is a training, or a directory of trainings (its newest is loaded).
+    """
+    if is_trainings_root(checkpoint_dir):
+        checkpoint_dir = resolve_trained(checkpoint_dir, flag)
     spec = read_spec(checkpoint_dir)
     prefix = latest(checkpoint_dir, which)
     if spec is None or prefix is None:
-        raise CheckpointError(
-            f"no trained model in {checkpoint_dir}: run the train stage first "
-            "(deepspeech-flow train ...) or point --checkpoint_dir at a training's output"
-        )
+        raise CheckpointError(no_trained_model_message(checkpoint_dir, flag))
     model = spec.build()
     tracked_state(model, None).read(str(prefix)).expect_partial()
     return model, spec, prefix
@@ -160,7 +171,7 @@ def transfer_weights(
     A different alphabet changes the output layer, so it must be dropped (at least 1).
     Returns the names of the layers copied.
     """
-    source, source_spec, prefix = load_model(source_dir, "best")
+    source, source_spec, prefix = load_model(source_dir, "best", "--load_checkpoint_dir")
     a, b = source_spec.architecture(), target_spec.architecture()
     mismatch = {k: (a[k], b[k]) for k in a if k != "alphabet" and a[k] != b[k]}
     if mismatch:

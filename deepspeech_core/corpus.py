@@ -40,6 +40,7 @@ from deepspeech_core.io_utils import (
     text_sha256,
 )
 from deepspeech_core.manifests import CorpusManifest
+from deepspeech_core.overlap import check_inputs_outside_outputs
 from deepspeech_core.tables import TableError, read_table
 from deepspeech_core.text import ORTHOGRAPHIC_INVISIBLES, normalize_sentence
 
@@ -551,6 +552,7 @@ def validate_corpus(
     alphabet, so a resumed or evaluated model keeps the characters it was trained on).
     A rerun on unchanged input returns the previous manifest without reading any audio.
     """
+    check_inputs_outside_outputs(cfg, workdir)  # nothing of the user's is written
     out = Path(workdir) / "corpus"
     alphabet_path = alphabet_path or cfg.alphabet_config_path
     key = _input_key(cfg, features)

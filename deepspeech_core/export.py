@@ -35,6 +35,7 @@ from deepspeech_core.config import ExportConfig
 from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.features import audio_to_mfccs
 from deepspeech_core.io_utils import atomic_write_json, atomic_write_text
+from deepspeech_core.locking import describe_holder, export_lock
 from deepspeech_core.manifests import (
     CorpusManifest,
     EvaluationManifest,
@@ -202,6 +203,9 @@ def verification_clips(features: FeatureCacheManifest, count: int = VERIFY_CLIPS
     return []
 
 
+EXPORT_LOCK_WAIT = 3600.0  # seconds an export waits for another one into the same directory
+
+
 def export_model(
     checkpoint_dir: Path,
     export_dir: Path,
@@ -214,7 +218,29 @@ def export_model(
     """Write a new version under `export_dir`; point `current` at it when `promote`.
 
     `verify_clips` are MFCC arrays [T, n_input] of real clips for the TFLite check.
+    Holds the export directory's lock throughout: an export (or `promote`) already
+    running there is waited for, so versions never collide and staging directories are
+    never taken for an interrupted run's.
     """
+
+    def waiting(holder: dict) -> None:
+        log.warning("waiting for the export in %s (%s)", export_dir, describe_holder(holder))
+
+    with export_lock(Path(export_dir), wait=EXPORT_LOCK_WAIT, on_wait=waiting):
+        return _export_model_locked(
+            checkpoint_dir, export_dir, cfg, evaluation, corpus, verify_clips, promote
+        )
+
+
+def _export_model_locked(
+    checkpoint_dir: Path,
+    export_dir: Path,
+    cfg: ExportConfig | None = None,
+    evaluation: EvaluationManifest | None = None,
+    corpus: CorpusManifest | None = None,
+    verify_clips: list[np.ndarray] | None = None,
+    promote: bool = True,
+) -> ExportManifest:
     cfg = cfg or ExportConfig()
     model, spec, prefix = load_model(checkpoint_dir, "best")
     export_dir = Path(export_dir)

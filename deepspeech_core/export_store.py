@@ -8,6 +8,11 @@ A version is written under a staging name and renamed into place in one step, an
 `current` is replaced by an atomic symlink rename, so an interrupted export never leaves
 half a model where a complete one is expected and never moves `current`. Versions are
 never overwritten: a model that was not promoted stays beside the one in use.
+
+One export or promotion at a time per export directory (EXPORT_DIR/export.lock, see
+`locking`): two runs sharing an --export_dir would otherwise take the same version
+number and remove each other's staging directory as "stale". Files and directories are
+created with the umask's permissions, so the users who serve the model can read it.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 from deepspeech_core.io_utils import fsync_dir, fsync_tree
+from deepspeech_core.locking import describe_holder, export_lock
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +73,13 @@ def new_staging(root: Path) -> tuple[Path, str]:
     existing = versions(root)
     number = int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1
     name = f"v{number}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=root))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from the users who serve it
-    return staging, name
+    while True:  # not mkdtemp: its 0700 would hide the model from the users who serve it
+        staging = root / f".{name}.staging-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir(0o777)  # less the umask, as any directory
+        except FileExistsError:
+            continue
+        return staging, name
 
 
 def commit(staging: Path, name: str) -> Path:
@@ -94,6 +104,28 @@ def promote(root: Path, version: Path) -> Path:
     fsync_dir(root)
     log.info("%s now points to %s", link, Path(version).name)
     return link
+
+
+def promote_version(root: Path, name: str, wait: float = 600.0) -> tuple[Path, Path | None]:
+    """Make version `name` current, under the export lock; returns (version, previous).
+
+    Waits (up to `wait` seconds) for an export running in the same directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ExportStoreError(f"{root} is not an export directory: give --export_dir")
+
+    def waiting(holder: dict) -> None:
+        log.warning("waiting for the export in %s (%s)", root, describe_holder(holder))
+
+    with export_lock(root, wait=wait, on_wait=waiting):
+        target = root / name
+        if target not in versions(root):
+            known = ", ".join(v.name for v in versions(root)) or "none"
+            raise ExportStoreError(f"{target} is not an export version (there are: {known})")
+        before = current(root)
+        promote(root, target)
+    return target, before
 
 
 def resolve_model_dir(path: Path) -> Path:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +21,23 @@ log = logging.getLogger(__name__)
 _CHUNK = 1 << 20
 
 
+def _create_beside(path: Path, suffix: str) -> Path:
+    """A new, empty file beside `path` with the mode a plain open() would give it.
+
+    Not tempfile.mkstemp: its files are 0600 whatever the umask, so every output renamed
+    from one (metadata.json, the CSVs, ...) would be unreadable to the other users who
+    serve or share the model.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 @contextmanager
 def atomic_path(path: Path, suffix: str = "", durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only on success.
@@ -29,12 +46,12 @@ def atomic_path(path: Path, suffix: str = "", durable: bool = True) -> Iterator[
     it, so that after a power loss `path` is the old file or the whole new one, never
     an empty one. Outputs that are checked on reading and rebuilt when damaged (imported
     clips) skip it: one sync per clip would cost more than the import.
+
+    The file is created with the process's umask applied, as the final file would be.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(path, suffix)
     try:
         yield tmp_path
         if durable:

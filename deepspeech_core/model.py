@@ -9,9 +9,18 @@ them. On a GPU the LSTM is Keras's, with its cuDNN-compatible settings (tanh/sig
 no recurrent dropout, not unrolled) so it takes the cuDNN kernel; on a CPU it is
 `ProjectedLSTM`, the same maths and weight layout, faster there. Either way the
 forget-gate bias starts at 0, as DeepSpeech's `forget_bias=0` cuDNN-compatible cell.
+
+Given a seed, every initializer and dropout layer gets its own seed derived from it
+and the layer's name, so the initial weights and dropout masks are a function of the
+seed alone. Keras's unseeded defaults draw from Python's process-wide `random`, which
+any library thread may draw from too (the websockets keepalive ping of Prefect's event
+client does, every 20 s): two models built after the same `set_random_seed` could then
+start from different weights.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import keras
 import tensorflow as tf
@@ -46,16 +55,21 @@ class _LSTMWeights(keras.layers.Layer):
     by the CPU layer loads into Keras's LSTM (cuDNN on a GPU) and back.
     """
 
-    def __init__(self, units: int, **kwargs) -> None:
+    def __init__(self, units: int, seed: int | None = None, **kwargs) -> None:
         super().__init__(name="lstm_cell", **kwargs)
         self.units = units
+        self.seed = seed
 
     def build(self, input_shape) -> None:
         self.kernel = self.add_weight(
-            name="kernel", shape=(input_shape[-1], 4 * self.units), initializer="glorot_uniform"
+            name="kernel",
+            shape=(input_shape[-1], 4 * self.units),
+            initializer=keras.initializers.GlorotUniform(layer_seed(self.seed, "lstm/kernel")),
         )
         self.recurrent_kernel = self.add_weight(
-            name="recurrent_kernel", shape=(self.units, 4 * self.units), initializer="orthogonal"
+            name="recurrent_kernel",
+            shape=(self.units, 4 * self.units),
+            initializer=keras.initializers.Orthogonal(seed=layer_seed(self.seed, "lstm/recurrent")),
         )
         self.bias = self.add_weight(name="bias", shape=(4 * self.units,), initializer="zeros")
 
@@ -127,10 +141,11 @@ class ProjectedLSTM(keras.layers.Layer):
     (`lstm_recurrence`) so the recurrent kernel's gradient is one large matmul too.
     """
 
-    def __init__(self, units: int, **kwargs) -> None:
+    def __init__(self, units: int, seed: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.units = units
-        self.cell = _LSTMWeights(units, dtype=self.dtype_policy)
+        self.seed = seed
+        self.cell = _LSTMWeights(units, seed, dtype=self.dtype_policy)
 
     def build(self, input_shape) -> None:
         self.cell.build(input_shape)
@@ -146,30 +161,55 @@ class ProjectedLSTM(keras.layers.Layer):
         return (*input_shape[:-1], self.units)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "units": self.units}
+        return {**super().get_config(), "units": self.units, "seed": self.seed}
 
 
-def _lstm(units: int, impl: str, dtype) -> keras.layers.Layer:
+def layer_seed(seed: int | None, name: str) -> int | None:
+    """A seed of its own for the weight or layer `name`, derived from the model's seed.
+
+    None (no seed) keeps Keras's default: a draw from Python's global `random`.
+    """
+    if seed is None:
+        return None
+    return zlib.crc32(f"{seed}/{name}".encode()) % (2**31 - 1) + 1
+
+
+def _lstm(units: int, impl: str, dtype, seed: int | None) -> keras.layers.Layer:
     """cuDNN-eligible keras LSTM on a GPU (or when asked), the projected LSTM on a CPU."""
     if impl == "auto":
         impl = "keras" if tf.config.list_logical_devices("GPU") else "projected"
     if impl == "keras":
         return keras.layers.LSTM(
-            units, return_sequences=True, unit_forget_bias=False, name="lstm", dtype=dtype
+            units,
+            return_sequences=True,
+            unit_forget_bias=False,
+            kernel_initializer=keras.initializers.GlorotUniform(layer_seed(seed, "lstm/kernel")),
+            recurrent_initializer=keras.initializers.Orthogonal(
+                seed=layer_seed(seed, "lstm/recurrent")
+            ),
+            seed=layer_seed(seed, "lstm/dropout"),
+            name="lstm",
+            dtype=dtype,
         )
-    return ProjectedLSTM(units, name="lstm", dtype=dtype)
+    return ProjectedLSTM(units, seed=seed, name="lstm", dtype=dtype)
 
 
-def _dense_block(x, name: str, units: int, cfg: ModelConfig, dropout_rate: float, dtype=None):
+def _dense_block(
+    x, name: str, units: int, cfg: ModelConfig, dropout_rate: float, dtype, seed: int | None
+):
     """DeepSpeech's `dense()`: matmul+bias, clipped ReLU, optional layer norm, dropout.
 
     The dropout layer exists even at rate 0, so checkpoints keep one layout.
     """
-    x = keras.layers.Dense(units, kernel_initializer="glorot_uniform", name=name, dtype=dtype)(x)
+    kernel = keras.initializers.GlorotUniform(layer_seed(seed, f"{name}/kernel"))
+    x = keras.layers.Dense(units, kernel_initializer=kernel, name=name, dtype=dtype)(x)
     x = keras.layers.ReLU(max_value=cfg.relu_clip, name=f"{name}_relu", dtype=dtype)(x)
     if cfg.layer_norm:
         x = keras.layers.LayerNormalization(name=f"{name}_norm", dtype=dtype)(x)
-    return keras.layers.Dropout(dropout_rate, name=f"{name}_dropout", dtype=dtype)(x)
+    dropout_seed = layer_seed(seed, f"{name}_dropout")
+    return keras.layers.Dropout(
+        dropout_rate, seed=dropout_seed, name=f"{name}_dropout", dtype=dtype
+    )(x)
 
 
 def create_model(
@@ -178,22 +218,26 @@ def create_model(
     n_classes: int,
     dtype_policy: str | None = None,
     lstm_impl: str = "auto",
+    seed: int | None = None,
 ) -> keras.Model:
     """Build the acoustic model; `n_classes` is the alphabet size plus one (blank).
 
     `dtype_policy` ("mixed_bfloat16", "mixed_float16") computes in half precision with
     float32 variables, so checkpoints load into either; the logits stay float32 for CTC.
+    `seed` fixes the initial weights and dropout masks (see the module docstring).
     """
     dt = dtype_policy
     inputs = keras.Input(shape=(None, features.n_input), name="features")
     x = ContextWindows(features.n_context, name="context_windows", dtype=dt)(inputs)
-    x = _dense_block(x, "layer_1", model.n_hidden, model, model.dropout_for(1), dt)
-    x = _dense_block(x, "layer_2", model.n_hidden, model, model.dropout_for(2), dt)
-    x = _dense_block(x, "layer_3", model.n_hidden, model, model.dropout_for(3), dt)
-    x = _lstm(model.n_hidden, lstm_impl, dt)(x)
-    x = _dense_block(x, "layer_5", model.n_hidden, model, model.dropout_for(5), dt)
+    for n in (1, 2, 3):
+        x = _dense_block(x, f"layer_{n}", model.n_hidden, model, model.dropout_for(n), dt, seed)
+    x = _lstm(model.n_hidden, lstm_impl, dt, seed)(x)
+    x = _dense_block(x, "layer_5", model.n_hidden, model, model.dropout_for(5), dt, seed)
     logits = keras.layers.Dense(
-        n_classes, kernel_initializer="glorot_uniform", name="layer_6", dtype="float32"
+        n_classes,
+        kernel_initializer=keras.initializers.GlorotUniform(layer_seed(seed, "layer_6/kernel")),
+        name="layer_6",
+        dtype="float32",
     )(x)
     return keras.Model(inputs, logits, name="deepspeech")
 

@@ -271,7 +271,7 @@ def _train_locked(
     keras.utils.set_random_seed(cfg.seed)
     policy = mixed_precision_policy(cfg.automatic_mixed_precision, devices)
     with strategy.scope():  # variables created here are mirrored on every replica
-        model = spec.build(policy)
+        model = spec.build(policy, seed=cfg.seed)
         optimizer = make_optimizer(cfg, loss_scaling=policy == "mixed_float16")
         optimizer.build(model.trainable_variables)
         state = TrainState()

@@ -310,12 +310,10 @@ def promote_command(
 ) -> None:
     from deepspeech_core import export_store
 
-    target = export_dir / version
-    if target not in export_store.versions(export_dir):
-        known = ", ".join(v.name for v in export_store.versions(export_dir)) or "none"
-        raise typer.BadParameter(f"{target} is not an export version (there are: {known})")
-    before = export_store.current(export_dir)
-    export_store.promote(export_dir, target)
+    try:  # under the export directory's lock: waits for an export running there
+        _, before = export_store.promote_version(export_dir, version)
+    except export_store.ExportStoreError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     was = before.name if before else "unset"
     typer.echo(f"{export_dir / export_store.CURRENT} -> {version} (was {was})")
 

@@ -5,11 +5,15 @@
     python deployments/stack.py status --workdir W
 
 Everything the stack keeps lives under `W/prefect`: the server's SQLite database
-(PREFECT_HOME), pid files (`run/`) and logs (`logs/`). `up` is idempotent (a running
-server or worker is kept); `down` stops exactly the processes `up` started: each one
-was started as the leader of its own process group and is recorded with its start
-time, so a pid the system has since given to another program is left alone. The
-worker's flow runs (their own process groups) are stopped with it and marked Cancelled.
+(PREFECT_HOME), pid files (`run/`), logs (`logs/`) and `auth_string` (0600), the
+stack's own PREFECT_SERVER_API_AUTH_STRING: a server on 127.0.0.1 is still open to every
+local account, so its API answers only requests carrying that string (the worker, its
+flow runs and the Prefect CLI get it as PREFECT_API_AUTH_STRING; the UI asks for it).
+`up` is idempotent (a running server or worker is kept); `down` stops exactly the
+processes `up` started: each one was started as the leader of its own process group and
+is recorded with its start time, so a pid the system has since given to another program
+is left alone. The worker's flow runs (their own process groups) are stopped with it and
+marked Cancelled.
 
 Standard library only, so that `down` works whatever state the venv is in; the Prefect
 CLI does the Prefect work. Linux (/proc).
@@ -18,9 +22,11 @@ CLI does the Prefect work. Linux (/proc).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,6 +46,8 @@ SERVICES = ("server", "worker")
 INHERITED_NOT = {
     "PREFECT_API_URL",
     "PREFECT_API_KEY",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_API_AUTH_STRING",
     "PREFECT_PROFILE",
     "PREFECT_API_DATABASE_CONNECTION_URL",
     "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -179,6 +187,24 @@ class Stack:
     def api_url(self) -> str:
         return f"http://{self.host}:{self.port}/api"
 
+    @property
+    def auth_file(self) -> Path:
+        return self.home / "auth_string"
+
+    @property
+    def auth_string(self) -> str:
+        """The stack's API auth string, made (0600, owner only) the first time it is asked."""
+        path = self.auth_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            os.chmod(path, 0o600)  # whatever made it, only its owner may read it
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(f"deepspeech:{secrets.token_urlsafe(32)}\n")
+        return path.read_text().strip()
+
     def pid_file(self, name: str) -> Path:
         return self.home / "run" / f"{name}.pid"
 
@@ -199,6 +225,7 @@ class Stack:
             PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{self.database}",
             PREFECT_SERVER_API_HOST=self.host,
             PREFECT_SERVER_API_PORT=str(self.port),
+            PREFECT_API_AUTH_STRING=self.auth_string,
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_SERVER_UI_ENABLED="true" if self.ui else "false",
             PREFECT_CLI_PROMPT="false",
@@ -249,11 +276,12 @@ class Stack:
 
     def request(self, method: str, path: str, body: object = None) -> object:
         data = None if body is None else json.dumps(body).encode()
+        token = base64.b64encode(self.auth_string.encode()).decode()
         req = urllib.request.Request(
             self.api_url + path,
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
         )
         with urllib.request.urlopen(req, timeout=30) as response:
             text = response.read()
@@ -294,7 +322,9 @@ class Stack:
         if _port_in_use(self.host, self.port):
             raise StackError(f"{self.host}:{self.port} is taken by another program")
         args = [self.prefect, "server", "start", "--host", self.host, "--port", str(self.port)]
-        proc = self._spawn("server", args, self.env())
+        proc = self._spawn(
+            "server", args, {**self.env(), "PREFECT_SERVER_API_AUTH_STRING": self.auth_string}
+        )
         deadline = time.monotonic() + self.startup_timeout
         while not self.healthy():
             if proc.poll() is not None:
@@ -437,6 +467,23 @@ class Stack:
         return {name: self.running(name) for name in SERVICES}
 
 
+def connect_instructions(stack: Stack) -> str:
+    """How to reach the stack: the API needs its auth string, in the shell and the UI."""
+    ui = (
+        f"UI http://{stack.host}:{stack.port} (it asks for the auth string: the contents of "
+        f"{stack.auth_file})"
+        if stack.ui
+        else "UI off"
+    )
+    return (
+        f"up: {ui}; logs and pid files in {stack.home}\n"
+        "Point the Prefect CLI (and deepspeech-flow) at this server with:\n"
+        f"  export PREFECT_API_URL={stack.api_url}\n"
+        f'  export PREFECT_API_AUTH_STRING="$(cat {stack.auth_file})"\n'
+        f"  {stack.prefect} deployment run train-cv/train-cv"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["up", "down", "status"])
@@ -465,12 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             if stack.corpus is not None and not stack.corpus.is_dir():
                 print(f"warning: the corpus {stack.corpus} does not exist (yet)", file=sys.stderr)
             stack.up()
-            ui = f"http://{stack.host}:{stack.port}" if stack.ui else "(UI off)"
-            print(
-                f"up: UI {ui}; logs and pid files in {stack.home}\n"
-                f"  PREFECT_API_URL={stack.api_url} "
-                f"{stack.prefect} deployment run train-cv/train-cv"
-            )
+            print(connect_instructions(stack))
         elif args.command == "down":
             stopped = stack.down()
             print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))

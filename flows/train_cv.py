@@ -21,9 +21,19 @@ from deepspeech_core import export_store, stopping
 from deepspeech_core.config import STAGES, PipelineConfig, Stage
 from deepspeech_core.locking import workdir_lock
 from deepspeech_core.manifests import FeatureCacheManifest, PipelineResult
+from deepspeech_core.overlap import check_inputs_outside_outputs
 from deepspeech_core.promotion import comparison_markdown, decide
 from deepspeech_core.stopping import StopRequested, stop_on_signals
-from deepspeech_core.training_runs import checkpoint_dir_for, has_trained_model, latest_trained
+from deepspeech_core.training_runs import (
+    NoTrainedModelError,
+    checkpoint_dir_for,
+    has_trained_model,
+    is_trainings_root,
+    latest_trained,
+    no_trained_model_message,
+    resolve_trained,
+    trainings,
+)
 from deepspeech_core.workdir_status import record_last_run
 from flows.stopping import stopped_run_state
 from tasks.evaluate import evaluate_model_task
@@ -79,17 +89,51 @@ def _with_training(config: PipelineConfig, **fields) -> PipelineConfig:
     return config.model_copy(update={"training": training})
 
 
+def _given_trainings_root(config: PipelineConfig) -> Path | None:
+    """The --checkpoint_dir when it names a directory of trainings rather than a training."""
+    given = config.training.checkpoint_dir
+    if given is not None and (given == config.workdir / "checkpoints" or is_trainings_root(given)):
+        return given
+    return None
+
+
+def _resolve_trainings_roots(config: PipelineConfig, reuse_trained_model: bool) -> PipelineConfig:
+    """A parent `checkpoints/` directory given where a training is meant: its newest training.
+
+    For --load_checkpoint_dir always; for --checkpoint_dir when an existing model is
+    evaluated or exported (training into a parent trains into its subdirectory for the
+    data, see `_checkpoint_dir`). Done before validation, which takes the alphabet from
+    the training.
+    """
+    load = config.training.load_checkpoint_dir
+    if load is not None and is_trainings_root(load):
+        config = _with_training(
+            config, load_checkpoint_dir=resolve_trained(load, "--load_checkpoint_dir")
+        )
+    if not reuse_trained_model:
+        return config
+    root = _given_trainings_root(config)
+    if root is not None and is_trainings_root(root):
+        return _with_training(config, checkpoint_dir=resolve_trained(root))
+    where = config.training.checkpoint_dir or config.workdir / "checkpoints"
+    if not (has_trained_model(where) or trainings(where)):  # fail before any work
+        raise NoTrainedModelError(no_trained_model_message(where))
+    return config
+
+
 def _checkpoint_dir(
     config: PipelineConfig, features: FeatureCacheManifest, reuse_trained_model: bool
 ) -> Path:
     """The training's directory: the user's --checkpoint_dir, else one per training data.
 
-    Evaluating or exporting without training data (e.g. only --test_files) uses the
-    newest training in the work directory.
+    A --checkpoint_dir that holds trainings (WORKDIR/checkpoints) is their root, as the
+    default is. Evaluating or exporting without training data (e.g. only --test_files)
+    uses the newest training under the root.
     """
-    if config.training.checkpoint_dir is not None:
-        return config.training.checkpoint_dir
-    root = config.workdir / "checkpoints"
+    given = config.training.checkpoint_dir
+    if given is not None and _given_trainings_root(config) is None:
+        return given
+    root = given or config.workdir / "checkpoints"
     if has_trained_model(root):  # a work directory from before per-data trainings
         return root
     own = checkpoint_dir_for(root, features)
@@ -171,6 +215,12 @@ def train_cv(
     replaces `export/current` only if its test WER is no worse than the current one's.
     """
     config = with_overrides(config, workdir, corpus).resolved()
+    check_inputs_outside_outputs(
+        config.corpus,
+        config.workdir,
+        {"--test_output_file": config.evaluation.test_output_file},
+    )
+    config = _resolve_trainings_roots(config, reuse_trained_model and target != "train")
     # SIGINT/SIGTERM stop the run at its next safe point (flows/stopping.py).
     with stop_on_signals(), workdir_lock(config.workdir):
         result, outcome, started = PipelineResult(), "failed", time.time()
@@ -210,9 +260,11 @@ def _run(
     if last >= STAGES.index("train"):
         checkpoint_dir = _checkpoint_dir(config, result.features, reuse_trained_model)
         config = _with_training(config, checkpoint_dir=checkpoint_dir)
-        if target == "train" or not (
-            reuse_trained_model and has_trained_model(config.checkpoint_dir)
-        ):
+        if reuse_trained_model and target != "train":
+            # `evaluate` and `export` use a trained model; they never start a training.
+            if not has_trained_model(checkpoint_dir):
+                raise NoTrainedModelError(no_trained_model_message(checkpoint_dir))
+        else:
             config = _warm_start(config, retrain_from)
             train_task = train_model_task.with_options(retries=config.training.train_retries)
             result.training = timed("train", train_task, config, result.features)

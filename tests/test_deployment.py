@@ -15,6 +15,8 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import UUID
@@ -36,7 +38,14 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import LogSort
 
 from deployments.recovery import parse_run_id
-from deployments.stack import Stack, command_line, descendants, free_port
+from deployments.stack import (
+    POOL,
+    Stack,
+    command_line,
+    connect_instructions,
+    descendants,
+    free_port,
+)
 from tests.conftest import newest_checkpoint_step, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -78,7 +87,7 @@ def stack(tmp_path_factory, tiny_cv) -> Iterator[Stack]:
 
 def client(stack: Stack) -> SyncPrefectClient:
     """A client of the stack's server, whatever server Prefect's settings name."""
-    return SyncPrefectClient(stack.api_url)
+    return SyncPrefectClient(stack.api_url, auth_string=stack.auth_string)
 
 
 def wait_for(what: str, get: Callable, ok: Callable, timeout: float, stack: Stack):
@@ -156,6 +165,32 @@ def sigkill_at_step(c, stack: Stack, run_id: UUID, workdir: Path, step: int) -> 
 
 def train_cv_runs(c, tag: str):
     return c.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])))
+
+
+def test_the_servers_api_needs_the_stacks_auth_string(stack):
+    """Issue 11 point 9: another local account cannot drive the server (it runs code)."""
+    assert stack.auth_file.stat().st_mode & 0o777 == 0o600
+    anonymous = urllib.request.Request(
+        stack.api_url + "/work_pools/filter", data=b"{}", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(anonymous, timeout=30)
+    assert refused.value.code == 401
+    with client(stack) as c:
+        assert c.read_work_pool(POOL).name == POOL
+    # The printed instructions, run as a user would paste them into a fresh shell.
+    exports = [line for line in connect_instructions(stack).splitlines() if "export " in line]
+    assert len(exports) == 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    shell = subprocess.run(
+        ["bash", "-c", "\n".join([*exports, f"{stack.prefect} work-pool inspect {POOL}"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shell.returncode == 0, shell.stdout + shell.stderr
+    assert POOL in shell.stdout
 
 
 def test_deployment_runs_every_stage(stack, tiny_cv, tmp_path):

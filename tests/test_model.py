@@ -93,3 +93,41 @@ def test_optional_layer_norm():
     norms = [layer.name for layer in normed.layers if layer.name.endswith("_norm")]
     assert norms == ["layer_1_norm", "layer_2_norm", "layer_3_norm", "layer_5_norm"]
     assert normed.count_params() == plain.count_params() + 4 * 2 * 8  # gamma and beta
+
+
+def test_a_seeded_model_ignores_what_others_drew_from_the_global_rng():
+    """Issue 11 point 11: initial weights and dropout state are a function of the seed alone.
+
+    In a full test run, the websockets keepalive ping of Prefect's event client (a
+    background thread) draws from Python's global `random` every 20 s; unseeded Keras
+    initializers draw from it too, so two models built after the same `set_random_seed`
+    started from different weights whenever a ping fell in between.
+    """
+    import random
+
+    def build(seed: int, lstm_impl: str = "projected") -> keras.Model:
+        keras.utils.set_random_seed(1)
+        random.getrandbits(32)  # what the other thread's ping does, at any moment
+        return create_model(
+            ModelConfig(n_hidden=8, dropout_rate=0.1),
+            FeatureConfig(),
+            5,
+            lstm_impl=lstm_impl,
+            seed=seed,
+        )
+
+    def state(model: keras.Model) -> list[np.ndarray]:  # weights, then RNG state in order
+        return [np.asarray(v) for v in [*model.weights, *rng_variables(model)]]
+
+    first, second, other = build(5), build(5), build(6)
+    assert len(rng_variables(first)) == 4  # the dropout layers' seed generators
+    for a, b in zip(state(first), state(second), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first.get_layer("layer_2").kernel, other.get_layer("layer_2").kernel)
+    kernels = [first.get_layer(f"layer_{n}").kernel.numpy() for n in (2, 3, 5)]
+    assert not np.array_equal(kernels[0], kernels[1]), "each layer has a seed of its own"
+    assert not np.array_equal(kernels[1], kernels[2])
+    # The GPU (cuDNN) LSTM starts from the same weights as the CPU one.
+    gpu = build(5, "keras")
+    for a, b in zip(first.get_weights(), gpu.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -211,8 +211,7 @@ def test_loss_scaled_step_matches_plain_adam():
     )
     results = []
     for scaling in (False, True):
-        tf.keras.utils.set_random_seed(1)
-        model = create_model(ModelConfig(n_hidden=16, dropout_rate=0), FeatureConfig(), 5)
+        model = create_model(ModelConfig(n_hidden=16, dropout_rate=0), FeatureConfig(), 5, seed=1)
         opt = make_optimizer(TrainingConfig(), loss_scaling=scaling)
         opt.build(model.trainable_variables)
         step = make_train_step(model, opt, 26)
