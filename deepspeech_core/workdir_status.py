@@ -9,9 +9,7 @@ small JSON and text files, so it answers at once and never disturbs a running tr
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +19,7 @@ from pydantic import BaseModel
 
 from deepspeech_core import export_store
 from deepspeech_core.io_utils import atomic_write_json
-from deepspeech_core.locking import workdir_holder
+from deepspeech_core.locking import TRAIN_LOCK, holder, workdir_holder
 
 LAST_RUN = "last_run.json"  # under WORKDIR/reports
 
@@ -78,27 +76,12 @@ def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def _lock(holder: dict | None) -> LockInfo | None:
-    if holder is None:
+def _lock(owner: dict | None) -> LockInfo | None:
+    if owner is None:
         return None
     return LockInfo(
-        pid=holder.get("pid"), host=holder.get("host"), since=_when(holder.get("started", 0))
+        pid=owner.get("pid"), host=owner.get("host"), since=_when(owner.get("started", 0))
     )
-
-
-def _training_holder(lock_file: Path) -> dict | None:
-    """Who holds a training's train.lock ({pid, host, started}), if that process lives."""
-    holder = _json(lock_file)
-    if not isinstance(holder, dict) or "pid" not in holder:
-        return None
-    if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder["pid"]), 0)
-        except ProcessLookupError:
-            return None
-        except (PermissionError, ValueError, TypeError):
-            pass
-    return holder
 
 
 def _corpus(workdir: Path) -> CorpusStatus | None:
@@ -135,7 +118,7 @@ def _training(directory: Path) -> TrainingStatus:
         step=_checkpoint_step(directory),
         epochs=len(history.get("train_loss") or []),
         best_dev_loss=min(dev) if dev else None,
-        held_by=_lock(_training_holder(directory / "train.lock")),
+        held_by=_lock(holder(directory, TRAIN_LOCK)),
         modified=_when((directory / "model.json").stat().st_mtime),
     )
 

@@ -307,8 +307,6 @@ def _fake_workdir(root: Path) -> Path:
     (training / "model.json").write_text("{}")
     (training / "history.json").write_text('{"train_loss": [3, 2, 1], "dev_loss": [4, 2.5, 3]}')
     (training / "train" / "checkpoint").write_text('model_checkpoint_path: "ckpt-42"\n')
-    lock = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    (training / "train.lock").write_text(json.dumps(lock))
     for version, wer in (("v1", 0.31), ("v2", 0.42)):
         (root / "export" / version).mkdir(parents=True)
         meta = {"test_wer": wer, "test_cer": wer / 2, "created": "2026-01-01T00:00:00+00:00"}
@@ -320,8 +318,13 @@ def _fake_workdir(root: Path) -> Path:
 
 
 def test_status_shows_corpus_trainings_exports_and_last_run(tmp_path):
+    from deepspeech_core.locking import training_lock
+
     workdir = _fake_workdir(tmp_path / "w")
-    code, out = _run_cli(["status", "--workdir", str(workdir)])
+    training = workdir / "checkpoints" / "0123456789ab"
+    with training_lock(training):  # a training running there (this process holds it)
+        code, out = _run_cli(["status", "--workdir", str(workdir)])
+        code_json, out_json = _run_cli(["status", "--workdir", str(workdir), "--json"])
     assert code == 0, out
     assert "(free)" in out.splitlines()[0]
     assert re.search(r"train\s+30 clips\s+1.50 h\s+rejected: bad_row 1, too_long 2", out)
@@ -330,8 +333,8 @@ def test_status_shows_corpus_trainings_exports_and_last_run(tmp_path):
     assert re.search(r"current -> v1\s+test WER\s+0.3100", out)
     assert re.search(r"\bv2\s+test WER\s+0.4200", out)
     assert "failed: CorpusError: no clips" in out and "validate 1.5 s" in out
-    code, out = _run_cli(["status", "--workdir", str(workdir), "--json"])
-    data = __import__("json").loads(out)
+    assert code_json == 0, out_json
+    data = __import__("json").loads(out_json)
     assert [e["current"] for e in data["exports"]] == [True, False]
     assert data["trainings"][0]["held_by"]["pid"] == os.getpid()
     code, out = _run_cli(["status", "--workdir", str(tmp_path / "none")])
