@@ -10,10 +10,11 @@ logits and the new state:
     -> logits [1, n_steps, n_classes] (raw, not softmax), new_state_c, new_state_h
 
 A fixed window keeps every shape static, so the converter needs only built-in ops and a
-device streams audio of any length in constant memory. The weights are a float32 copy
-of the Keras model's, frozen into the flatbuffer. Every conversion is run on real clips
-and compared with the Keras model before it is written: some conversion routes silently
-produce a model without its weights (NaN or garbage logits, no error).
+device streams audio of any length in constant memory. The graph is the Keras model's
+own layers (`model.streaming_logits`), its weights frozen into the flatbuffer. Every
+conversion is run on real clips and compared with the Keras model before it is written:
+some conversion routes silently produce a model without its weights (NaN or garbage
+logits, no error).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import tensorflow as tf
 from deepspeech_core.checkpoints import ModelSpec
 from deepspeech_core.io_utils import atomic_write_bytes
 from deepspeech_core.manifests import TFLiteModel
+from deepspeech_core.model import streaming_logits
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +58,14 @@ class TFLiteMismatchError(ValueError):
     """A converted TFLite model does not compute what the Keras model computes."""
 
 
-HIDDEN_DENSE = ("layer_1", "layer_2", "layer_3", "layer_5")
-
-
-def _weight_arrays(model: keras.Model, layer_norm: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Float32 copies of the weights by layer (mixed-precision models keep float32 ones)."""
-
-    def f32(variable: keras.Variable) -> np.ndarray:
-        return variable.numpy().astype(np.float32)
-
-    weights = {}
-    for name in (*HIDDEN_DENSE, "layer_6"):
-        layer = model.get_layer(name)
-        weights[name] = {"kernel": f32(layer.kernel), "bias": f32(layer.bias)}
-    if layer_norm:
-        for name in HIDDEN_DENSE:
-            norm = model.get_layer(f"{name}_norm")
-            weights[f"{name}_norm"] = {"gamma": f32(norm.gamma), "beta": f32(norm.beta)}
-    cell = model.get_layer("lstm").cell  # keras LSTM and ProjectedLSTM share this layout
-    weights["lstm"] = {
-        "kernel": f32(cell.kernel),
-        "recurrent_kernel": f32(cell.recurrent_kernel),
-        "bias": f32(cell.bias),
-    }
-    return weights
-
-
 class StreamingGraph(tf.Module):
-    """The streaming graph (`step`) over a float32 copy of a Keras model's weights.
+    """The streaming graph (`step`) of a float32 Keras model: `model.streaming_logits`.
 
-    Same maths as the Keras model in inference mode: no dropout, layer norm when the
-    model has it, float32 throughout (a mixed-precision model is computed in float32).
-    The weights are variables tracked by this module, not constants: the converter then
-    freezes them in a few seconds and ~2 GB at n_hidden 2048, where 188 MB of graph
-    constants take ~50 s and ~8 GB; and saving refuses an untracked variable loudly
-    instead of converting a model without it.
+    The model's own layers and weights (no second copy of the maths): no dropout, layer
+    norm when the model has it. The weights stay variables tracked by this module: the
+    converter then freezes them in a few seconds and ~2 GB at n_hidden 2048, where
+    188 MB of graph constants take ~50 s and ~8 GB; and saving refuses an untracked
+    variable loudly instead of converting a model without it.
     """
 
     def __init__(self, model: keras.Model, spec: ModelSpec, n_steps: int = N_STEPS) -> None:
@@ -98,69 +73,30 @@ class StreamingGraph(tf.Module):
         features, self.cfg = spec.features, spec.model
         self.n_steps, self.n_classes = n_steps, spec.alphabet.n_classes
         self.width, self.n_input = 2 * features.n_context + 1, features.n_input
-        arrays = _weight_arrays(model, self.cfg.layer_norm)
-        self.weights = {
-            layer: {k: tf.Variable(v, trainable=False, name=k) for k, v in params.items()}
-            for layer, params in arrays.items()
-        }
-        self.epsilons = {
-            name: float(model.get_layer(f"{name}_norm").epsilon)
-            for name in HIDDEN_DENSE
-            if self.cfg.layer_norm
-        }
+        self.model = model
+        self.model_variables = [v.value for v in model.weights]
         n_hidden = self.cfg.n_hidden
-        self.step = tf.function(
-            self._step,
-            input_signature=[
-                tf.TensorSpec([1, n_steps, self.width, self.n_input], tf.float32, "input_node"),
-                tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_c"),
-                tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_h"),
-            ],
+        self.state_specs = [
+            tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_c"),
+            tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_h"),
+        ]
+        self.input_spec = tf.TensorSpec(
+            [1, n_steps, self.width, self.n_input], tf.float32, "input_node"
         )
+        self.step = tf.function(self._step, input_signature=[self.input_spec, *self.state_specs])
+
+    def logits(self, input_node, previous_state_c, previous_state_h, lstm=None):
+        """Raw logits [n_steps, n_classes] and the new state, from model.streaming_logits."""
+        windows = tf.reshape(input_node, [self.n_steps, self.width * self.n_input])
+        return streaming_logits(self.model, windows, previous_state_c, previous_state_h, lstm)
 
     def _step(self, input_node, previous_state_c, previous_state_h) -> dict[str, tf.Tensor]:
-        # (window position, coefficient) order, as the model's ContextWindows layer.
-        x = tf.reshape(input_node, [self.n_steps, self.width * self.n_input])
-        for name in HIDDEN_DENSE[:3]:
-            x = self._dense(x, name)
-        x, c, h = self._lstm(x, previous_state_c, previous_state_h)
-        x = self._dense(x, "layer_5")
-        w = self.weights["layer_6"]
-        logits = tf.matmul(x, w["kernel"]) + w["bias"]
+        logits, c, h = self.logits(input_node, previous_state_c, previous_state_h)
         return {
             "logits": tf.reshape(logits, [1, self.n_steps, self.n_classes]),
             "new_state_c": c,
             "new_state_h": h,
         }
-
-    def _dense(self, x: tf.Tensor, name: str) -> tf.Tensor:
-        """DeepSpeech's dense block: matmul + bias, clipped ReLU, optional layer norm."""
-        w = self.weights[name]
-        x = tf.minimum(tf.nn.relu(tf.matmul(x, w["kernel"]) + w["bias"]), self.cfg.relu_clip)
-        if name not in self.epsilons:
-            return x
-        norm = self.weights[f"{name}_norm"]
-        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-        variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1, keepdims=True)
-        x = (x - mean) * tf.math.rsqrt(variance + self.epsilons[name])
-        return x * norm["gamma"] + norm["beta"]
-
-    def _lstm(self, x: tf.Tensor, c: tf.Tensor, h: tf.Tensor):
-        """Keras's LSTM (gates i, f, c, o) unrolled over the window's frames.
-
-        The input projection of all frames is one matmul; the loop is unrolled in
-        Python, so the graph has no control flow for the converter to lower.
-        """
-        w = self.weights["lstm"]
-        projected = tf.matmul(x, w["kernel"]) + w["bias"]
-        hidden = []
-        for z in tf.unstack(projected, axis=0):
-            z = z[tf.newaxis] + tf.matmul(h, w["recurrent_kernel"])
-            i, f, g, o = tf.split(z, 4, axis=-1)
-            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            h = tf.sigmoid(o) * tf.tanh(c)
-            hidden.append(h)
-        return tf.concat(hidden, axis=0), c, h
 
 
 def convert_tflite(
