@@ -146,13 +146,17 @@ class TFLiteStreamer:
     windows and reset by `reset()` and `finish()`.
     """
 
-    def __init__(self, tflite: bytes | Path, num_threads: int | None = None) -> None:
-        self._interpreter = make_interpreter(tflite, num_threads)
-        self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+    def __init__(
+        self, tflite: bytes | Path | None, num_threads: int | None = None, runner=None
+    ) -> None:
+        """`runner` (instead of `tflite`): any callable with a signature runner's interface."""
+        if runner is None:
+            runner = make_interpreter(tflite, num_threads).get_signature_runner(SIGNATURE)
+        self._runner = runner
         inputs = self._runner.get_input_details()
         _, self.n_steps, self.width, self.n_input = inputs["input_node"]["shape"]
         self.n_hidden = int(inputs["previous_state_c"]["shape"][1])
-        self.n_classes = int(self._runner.get_output_details()["logits"]["shape"][2])
+        self.n_classes = int(self._runner.get_output_details()["logits"]["shape"][-1])
         self.n_context = (self.width - 1) // 2
         self.reset()
 
@@ -170,7 +174,7 @@ class TFLiteStreamer:
             previous_state_h=self._h,
         )
         self._c, self._h = out["new_state_c"], out["new_state_h"]
-        return out["logits"][0]
+        return out["logits"].reshape(self.n_steps, self.n_classes)  # any batch/time layout
 
     def feed(self, frames: np.ndarray) -> np.ndarray:
         """Logits [k, classes] of the frames whose windows are now complete."""
@@ -232,17 +236,18 @@ class Fidelity(NamedTuple):
     error: float  # `logit_error`, the figure compared with the tolerance
 
 
-def _check(
+def check_streamed(
     tflite: bytes | Path,
     references: Sequence[np.ndarray],
     clips: Sequence[np.ndarray],
     tolerance: float,
     what: str,
+    streamer: TFLiteStreamer | None = None,
 ) -> Fidelity:
-    """Stream every clip through `tflite`; raise unless all logits match `references`."""
+    """Stream every clip through `tflite` (or `streamer`); raise unless all logits match."""
     if not len(clips):
         raise ValueError(f"no clips to verify the {what} TFLite model on: give at least one")
-    streamer = TFLiteStreamer(tflite)
+    streamer = streamer or TFLiteStreamer(tflite)
     max_abs, max_err = 0.0, 0.0
     for i, (features, want) in enumerate(zip(clips, references, strict=True)):
         if not np.all(np.isfinite(want)):
@@ -277,7 +282,7 @@ def verify_tflite(
     Raises TFLiteMismatchError on non-finite logits or when `logit_error` exceeds
     `tolerance` (FP32_TOLERANCE, QUANT_TOLERANCE).
     """
-    return _check(tflite, keras_logits(model, clips), clips, tolerance, "converted")
+    return check_streamed(tflite, keras_logits(model, clips), clips, tolerance, "converted")
 
 
 def _write_verified(
@@ -293,7 +298,7 @@ def _write_verified(
     """Convert, verify, and only then write `path` atomically."""
     started = time.perf_counter()
     tflite = convert_tflite(model, spec, quantize, n_steps)
-    fidelity = _check(tflite, references, clips, tolerance, path.name)
+    fidelity = check_streamed(tflite, references, clips, tolerance, path.name)
     atomic_write_bytes(path, tflite)
     log.info(
         "%s: %.2f MB, max |logit diff| %.3g (%.3g of scale, tolerance %.3g), %.1f s",
