@@ -572,22 +572,27 @@ def check_deepspeech_file(path: Path, expected: DeepSpeechMetadata, n_hidden: in
         for name, value in want.items()
         if name in values and values[name] != value
     ]
+    n_classes = len(expected.alphabet) + 1
+    if shapes.get("logits") and shapes["logits"][-1] != n_classes:
+        problems.append(
+            f"logits have {shapes['logits'][-1]} classes, the model's alphabet needs {n_classes}"
+        )
     if "metadata_alphabet" in values:
         try:
             labels = deserialize_alphabet(values["metadata_alphabet"])
         except DeepSpeechExportError as exc:
             problems.append(f"the alphabet does not deserialise ({exc})")
         else:
+            if shapes.get("logits") and shapes["logits"][-1] != len(labels) + 1:
+                problems.append(
+                    f"logits have {shapes['logits'][-1]} classes, the alphabet in the file "
+                    f"needs {len(labels) + 1}"
+                )
             if labels != list(expected.alphabet):
                 problems.append(
                     f"the alphabet is {labels!r}, the model was trained on "
                     f"{list(expected.alphabet)!r}"
                 )
-    n_classes = len(expected.alphabet) + 1
-    if shapes.get("logits") and shapes["logits"][-1] != n_classes:
-        problems.append(
-            f"logits have {shapes['logits'][-1]} classes, the alphabet needs {n_classes}"
-        )
     if shapes.get("previous_state_c") and shapes["previous_state_c"] != [1, n_hidden]:
         problems.append(f"previous_state_c is {shapes['previous_state_c']}, not [1, {n_hidden}]")
     if problems:
