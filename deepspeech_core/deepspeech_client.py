@@ -206,20 +206,23 @@ class DeepSpeechModel:
             self._lib.DS_SpeechToText(self._handle, buffer, count), self._lib.DS_FreeString
         )
 
-    def stream(self, pcm16: bytes, chunk_samples: int) -> tuple[str, list[str]]:
-        """Feed `pcm16` in chunks; the final text and the intermediate text after each chunk."""
+    def stream(
+        self, pcm16: bytes, chunk_samples: int, decode_every: int = 25
+    ) -> tuple[str, list[str]]:
+        """Feed `pcm16` in chunks: the final text, and the intermediate text after every
+        `decode_every` chunks (a beam search over all audio so far: not after each one)."""
         stream = ctypes.c_void_p()
         code = self._lib.DS_CreateStream(self._handle, ctypes.byref(stream))
         if code != 0:
             raise ClientError(f"DS_CreateStream failed: {self._api.error_message(code)}")
         intermediate = []
         step = 2 * chunk_samples
-        for start in range(0, len(pcm16), step):
+        for chunk, start in enumerate(range(0, len(pcm16), step), start=1):
             buffer, count = _pcm(pcm16[start : start + step])
             self._lib.DS_FeedAudioContent(stream, buffer, count)
-            intermediate.append(
-                _c_string(self._lib.DS_IntermediateDecode(stream), self._lib.DS_FreeString)
-            )
+            if chunk % decode_every == 0:
+                text = self._lib.DS_IntermediateDecode(stream)
+                intermediate.append(_c_string(text, self._lib.DS_FreeString))
         final = _c_string(self._lib.DS_FinishStream(stream), self._lib.DS_FreeString)
         return final, intermediate
 

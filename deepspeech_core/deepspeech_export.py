@@ -272,24 +272,27 @@ def _block_lstm(weights: tuple[np.ndarray, np.ndarray], input_lengths: tf.Tensor
 SIGNATURE = "serving_default"
 
 
-def convert_deepspeech_tflite(graph: DeepSpeechGraph, quantize: bool) -> bytes:
-    """output_graph.tflite (or .quant.tflite): built-in ops plus AudioSpectrogram and Mfcc.
+def convert_deepspeech_tflite(graph: DeepSpeechGraph) -> dict[bool, bytes]:
+    """output_graph.tflite and .quant.tflite (by `quantize`), from one SavedModel.
 
-    AudioSpectrogram and Mfcc are custom ops with kernels in libdeepspeech's TFLite
-    runtime. Quantisation is dynamic-range, per tensor (0.9.3 refuses per-channel
-    FULLY_CONNECTED).
+    Built-in ops plus AudioSpectrogram and Mfcc, custom ops with kernels in
+    libdeepspeech's TFLite runtime. Quantisation is dynamic-range, per tensor (0.9.3
+    refuses per-channel FULLY_CONNECTED).
     """
     signature = [graph.input_spec, *graph.state_specs, graph.samples_spec]
     function = tf.function(graph.tflite_outputs, input_signature=signature)
+    converted = {}
     with tempfile.TemporaryDirectory(prefix="deepspeech-tflite-") as tmp:
         tf.saved_model.save(graph, tmp, signatures={SIGNATURE: function.get_concrete_function()})
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        converter.allow_custom_ops = True
-        if quantize:
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter._experimental_disable_per_channel = True
-        return deepspeech_flatbuffer(converter.convert())
+        for quantize in (False, True):
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[SIGNATURE])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            converter.allow_custom_ops = True
+            if quantize:
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter._experimental_disable_per_channel = True
+            converted[quantize] = deepspeech_flatbuffer(converter.convert())
+    return converted
 
 
 def _schema():
@@ -703,14 +706,17 @@ def export_deepspeech(
     metadata = DeepSpeechMetadata.for_model(spec, beam_width)
     graph = DeepSpeechGraph(model, spec, metadata)
     references = [_softmax(r) for r in keras_logits(model, clips)]
+    started = time.perf_counter()
+    tflite = convert_deepspeech_tflite(graph)
+    files = {
+        TFLITE_FILE: (tflite[False], fp32_tolerance),
+        QUANT_FILE: (tflite[True], quant_tolerance),
+        PB_FILE: (convert_deepspeech_pb(graph), fp32_tolerance),
+    }
+    log.info("DeepSpeech client graphs converted in %.1f s", time.perf_counter() - started)
     written = {}
-    for name, convert, tolerance in (
-        (TFLITE_FILE, lambda: convert_deepspeech_tflite(graph, False), fp32_tolerance),
-        (QUANT_FILE, lambda: convert_deepspeech_tflite(graph, True), quant_tolerance),
-        (PB_FILE, lambda: convert_deepspeech_pb(graph), fp32_tolerance),
-    ):
+    for name, (data, tolerance) in files.items():
         started = time.perf_counter()
-        data = convert()
         path = Path(out_dir) / name
         with tempfile.TemporaryDirectory(prefix="deepspeech-check-") as tmp:
             candidate = Path(tmp) / name

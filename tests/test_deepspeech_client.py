@@ -174,7 +174,7 @@ def test_client_transcribes_as_transcribe_does(clients, exported, reference, nam
     for record in run.records:
         assert record["stream"] == record["text"]
         chunks = -(-round(record["audio_seconds"] * 16000) // 320)  # 20 ms = 320 samples
-        assert len(record["intermediate"]) == chunks
+        assert len(record["intermediate"]) == chunks // 25  # a decode every 0.5 s
 
 
 def test_transcribe_backend_deepspeech_runs_the_client(clients, exported):
