@@ -195,7 +195,7 @@ def test_client_transcribes_as_our_beam_search_does(clients, exported, name):
     assert same >= 0.95 * len(wavs)
 
     streamed = run_client(BUILD[name], manifest.export_dir / name, wavs[:3], 500, stream_ms=20)
-    for record, whole in zip(streamed.records, run.records, strict=True):
+    for record, whole in zip(streamed.records, run.records[:3], strict=True):
         assert record["stream"] == record["text"] == whole["text"]
         chunks = -(-round(record["audio_seconds"] * 16000) // 320)  # 20 ms = 320 samples
         assert len(record["intermediate"]) == chunks // 25  # a decode every 0.5 s
