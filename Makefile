@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup system-deps demo test bench lint clean lock serve stop
+.PHONY: setup system-deps demo test bench lint clean lock serve stop deepspeech-clients
 
 setup: system-deps $(STAMP)
 
@@ -49,9 +49,17 @@ demo: setup
 	  --config deployments/demo.yaml && \
 	echo "make demo: pipeline time $$(( $$(date +%s) - start )) s"
 
+# libdeepspeech 0.9.3 (the library under DeepSpeech's clients), both builds, from the
+# deepspeech-tflite and deepspeech wheels on PyPI, cached here; the client tests and
+# `transcribe --backend deepspeech` run it. Without the registry the tests skip, saying so.
+export DEEPSPEECH_CLIENT_CACHE ?= $(CURDIR)/.cache/deepspeech-0.9.3
+
+deepspeech-clients: $(STAMP)
+	$(BIN)/python -m deepspeech_core.deepspeech_client fetch
+
 # A fixed order on CI (-p no:randomly); `$(BIN)/pytest -p randomly` shuffles (tests must
 # pass in any order: each sets up what it needs).
-test: setup
+test: setup deepspeech-clients
 	$(BIN)/pytest -q -p no:randomly
 
 bench: setup
@@ -65,7 +73,7 @@ lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | grep -v -e '^deepspeech-flow' -e '^pyctcdecode' > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .cache
 
 # The local deployment (docs/DEPLOYMENT.md): a Prefect server on 127.0.0.1:$(PREFECT_PORT)
 # whose database lives in $(DEEPSPEECH_WORKDIR)/prefect, the train-cv deployment (and its

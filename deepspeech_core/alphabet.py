@@ -11,7 +11,6 @@ is a marker file of comments that `Alphabet.load` recognises.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -82,18 +81,6 @@ class Alphabet:
     def labels_as_bytes(self) -> list[bytes]:
         """What each label writes, as UTF-8 bytes (DeepSpeech's label_to_str_ values)."""
         return [c.encode("utf-8") for c in self.characters]
-
-    def serialize(self) -> bytes:
-        """DeepSpeech 0.9.3's Alphabet::Serialize (the TFLite `metadata_alphabet`).
-
-        uint16 count, then per label: uint16 label, uint16 length, the label's bytes;
-        all little-endian, as the native client reads it on x86 and ARM.
-        """
-        labels = self.labels_as_bytes()
-        out = [struct.pack("<H", len(labels))]
-        for i, value in enumerate(labels):
-            out.append(struct.pack("<HH", i, len(value)) + value)
-        return b"".join(out)
 
     def to_record(self) -> dict:
         """How model.json and metadata.json store it (see `alphabet_from_record`)."""

@@ -209,7 +209,12 @@ class ExportConfig(_Section):
 
     export_dir: Path | None = Field(None, description="Default: WORKDIR/export.")
     export_tflite: bool = Field(
-        True, description="Also export streaming TFLite models (fp32 and quantised)."
+        True,
+        description="Also export streaming TFLite models (fp32 and quantised) and the "
+        "DeepSpeech 0.9.3 client graphs output_graph.tflite, .quant.tflite and .pb.",
+    )
+    export_beam_width: int = Field(
+        500, ge=1, description="Beam width DeepSpeech clients use by default (in output_graph.*)."
     )
     export_author_id: str = Field("author", description="Model card: author's id.")
     export_model_name: str = Field("model", description="Model card: model name.")

@@ -6,6 +6,8 @@
         features(features: f32 [1,T,26])  MFCCs                     -> logits, transcript
     EXPORT_DIR/vN/model.tflite        DeepSpeech's streaming layout, fp32
     EXPORT_DIR/vN/model.quant.tflite  the same, dynamic-range quantised
+    EXPORT_DIR/vN/output_graph.tflite, output_graph.quant.tflite, output_graph.pb
+                                      for DeepSpeech 0.9.3's clients (libdeepspeech)
     EXPORT_DIR/vN/checkpoint/         the weights, for evaluation or further training
     EXPORT_DIR/vN/metadata.json, MODEL_CARD.md, alphabet.txt
 
@@ -33,11 +35,13 @@ from deepspeech_core.alphabet import Alphabet, alphabet_from_record
 from deepspeech_core.checkpoints import ModelSpec, load_model, save_inference_checkpoint
 from deepspeech_core.config import ExportConfig
 from deepspeech_core.dataset import SplitIndex
+from deepspeech_core.deepspeech_export import export_deepspeech
 from deepspeech_core.features import audio_to_mfccs
 from deepspeech_core.io_utils import atomic_write_json, atomic_write_text
 from deepspeech_core.locking import describe_holder, export_lock
 from deepspeech_core.manifests import (
     CorpusManifest,
+    DeepSpeechModelFile,
     EvaluationManifest,
     ExportManifest,
     FeatureCacheManifest,
@@ -139,7 +143,12 @@ def _metadata(
     }
 
 
-def model_card(cfg: ExportConfig, metadata: dict, tflite: dict[str, TFLiteModel]) -> str:
+def model_card(
+    cfg: ExportConfig,
+    metadata: dict,
+    tflite: dict[str, TFLiteModel],
+    deepspeech: dict[str, DeepSpeechModelFile] | None = None,
+) -> str:
     """MODEL_CARD.md from DeepSpeech's --export_* flags and what the run measured."""
 
     def pct(x: float | None) -> str:
@@ -184,8 +193,22 @@ def model_card(cfg: ExportConfig, metadata: dict, tflite: dict[str, TFLiteModel]
             f"difference| vs Keras {m.max_abs_diff:.2e}"
             for name, m in tflite.items()
         ),
+        *(
+            f"- `{name}`: DeepSpeech {cfg.export_min_ds_version} client model ("
+            f"{'deepspeech-tflite' if m.runtime == 'tflite' else 'deepspeech (TensorFlow)'} "
+            f"builds), {m.size_bytes / 1e6:.1f} MB, graph version {m.graph_version}, beam "
+            f"width {m.beam_width}; checked: metadata and alphabet read back, max |probability "
+            f"difference| vs Keras {m.max_abs_diff:.2e}"
+            for name, m in (deepspeech or {}).items()
+        ),
         "",
     ]
+    if deepspeech:
+        lines += [
+            "Run it with DeepSpeech's client: `deepspeech --model output_graph.tflite "
+            "--audio clip.wav` (add `--scorer your.scorer` for a language model).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -253,18 +276,24 @@ def _export_model_locked(
         write_saved_model(model, spec, staging / "saved_model")
         progress.report("export", 3, 1, unit="steps", step="TFLite" * cfg.export_tflite)
         tflite: dict[str, TFLiteModel] = {}
+        deepspeech: dict[str, DeepSpeechModelFile] = {}
         if cfg.export_tflite:
             if not verify_clips:
                 raise ValueError("the TFLite export needs clips to check the conversion with")
             tflite = export_tflite(model, spec, staging, verify_clips)
+            deepspeech = export_deepspeech(
+                model, spec, staging, verify_clips, cfg.export_beam_width
+            )
         progress.report("export", 3, 2, unit="steps", step="checkpoint, metadata")
         save_inference_checkpoint(model, spec, staging / "checkpoint")
         spec.alphabet.save(staging / "alphabet.txt")
         metadata = _metadata(model, spec, prefix, cfg, evaluation, corpus)
         metadata["tflite"] = {name: m.model_dump() for name, m in tflite.items()}
         metadata["training_gpu"] = gpu_monitor.read_usage(checkpoint_dir)  # per attempt
+        metadata["deepspeech"] = {name: m.model_dump() for name, m in deepspeech.items()}
         atomic_write_json(staging / "metadata.json", metadata)
-        atomic_write_text(staging / "MODEL_CARD.md", model_card(cfg, metadata, tflite))
+        card = model_card(cfg, metadata, tflite, deepspeech)
+        atomic_write_text(staging / "MODEL_CARD.md", card)
         version = export_store.commit(staging, name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -281,6 +310,7 @@ def _export_model_locked(
         version=name,
         current=link,
         tflite=tflite,
+        deepspeech=deepspeech,
         model_card=version / "MODEL_CARD.md",
         promoted=promote,
     )

@@ -88,6 +88,18 @@ class TFLiteModel(_Manifest):
     tolerance: float
 
 
+class DeepSpeechModelFile(_Manifest):
+    """One checked output_graph file for DeepSpeech 0.9.3's clients (libdeepspeech)."""
+
+    size_bytes: int
+    runtime: str  # "tflite" (deepspeech-tflite builds) or "tensorflow" (deepspeech builds)
+    graph_version: int
+    beam_width: int
+    max_abs_diff: float  # max |client graph - Keras| softmax probability on real clips
+    error: float  # the same relative to the largest probability: what the tolerance bounds
+    tolerance: float
+
+
 class ExportManifest(_Manifest):
     export_dir: Path
     saved_model: Path
@@ -97,6 +109,7 @@ class ExportManifest(_Manifest):
     version: str = ""
     current: Path | None = None
     tflite: dict[str, TFLiteModel] = {}  # by file name, in export_dir
+    deepspeech: dict[str, DeepSpeechModelFile] = {}  # output_graph.* by file name
     model_card: Path | None = None
     promoted: bool = True
     promotion_reason: str = ""

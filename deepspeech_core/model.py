@@ -74,6 +74,19 @@ class _LSTMWeights(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(4 * self.units,), initializer="zeros")
 
 
+def lstm_cell(z: tf.Tensor, c: tf.Tensor):
+    """One LSTM step: new (h, c) and the gates from z = x @ kernel + h @ recurrent + bias.
+
+    Keras's gate order (i, f, c, o) and maths with forget bias 0, as DeepSpeech's
+    cuDNN-compatible cell. Training (`lstm_recurrence`) and every exported streaming
+    graph (`stream_lstm`) take their step from here.
+    """
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c = f * c + i * g
+    return o * tf.tanh(c), c, (i, f, g, o)
+
+
 @tf.custom_gradient
 def lstm_recurrence(projected: tf.Tensor, recurrent: tf.Tensor):
     """Hidden states [time, batch, H] of an LSTM given its input projection.
@@ -90,10 +103,8 @@ def lstm_recurrence(projected: tf.Tensor, recurrent: tf.Tensor):
 
     def forward(carry, z_t):
         h, c = carry[0], carry[1]
-        i, f, g, o = tf.split(z_t + tf.matmul(h, recurrent), 4, axis=-1)
-        i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
-        c = f * c + i * g
-        return o * tf.tanh(c), c, i, f, g, o
+        h, c, (i, f, g, o) = lstm_cell(z_t + tf.matmul(h, recurrent), c)
+        return h, c, i, f, g, o
 
     hs, cs, i_s, f_s, g_s, o_s = tf.scan(forward, projected, initializer=(zeros,) * 6)
 
@@ -249,3 +260,55 @@ def rng_variables(model: keras.Model) -> list:
     """
     weight_ids = {id(v) for v in model.weights}
     return [v for v in model.variables if id(v) not in weight_ids]
+
+
+# The streaming network: the same layers and weights as `create_model`, run on a window
+# of frames whose context windows are already made, with the LSTM state carried in and
+# out. Every exported streaming graph (our TFLite, DeepSpeech's output_graph.tflite and
+# output_graph.pb) is built from `streaming_logits`, so there is one network definition.
+
+HIDDEN_BLOCKS = ("layer_1", "layer_2", "layer_3")  # dense blocks before the LSTM
+
+
+def dense_block(model: keras.Model, name: str, x: tf.Tensor) -> tf.Tensor:
+    """`model`'s dense block `name` in inference mode: its Dense, ReLU and norm layers."""
+    x = model.get_layer(f"{name}_relu")(model.get_layer(name)(x))
+    if any(layer.name == f"{name}_norm" for layer in model.layers):
+        x = model.get_layer(f"{name}_norm")(x)
+    return x  # dropout is the identity at inference
+
+
+def lstm_weights(model: keras.Model) -> tuple:
+    """(kernel, recurrent_kernel, bias) of the LSTM; Keras's LSTM and ProjectedLSTM agree."""
+    cell = model.get_layer("lstm").cell
+    return cell.kernel, cell.recurrent_kernel, cell.bias
+
+
+def stream_lstm(model: keras.Model, x: tf.Tensor, c: tf.Tensor, h: tf.Tensor):
+    """The LSTM over frames x [n, D] from state (c, h) [1, H]: outputs [n, H], c, h.
+
+    The input projection of all frames is one matmul and the loop over the (static)
+    frames is unrolled in Python, so the graph has no control flow for a converter.
+    """
+    kernel, recurrent, bias = lstm_weights(model)
+    projected = tf.matmul(x, kernel) + bias
+    hidden = []
+    for z in tf.unstack(projected, axis=0):
+        h, c, _ = lstm_cell(z[tf.newaxis] + tf.matmul(h, recurrent), c)
+        hidden.append(h)
+    return tf.concat(hidden, axis=0), c, h
+
+
+def streaming_logits(model: keras.Model, windows: tf.Tensor, c: tf.Tensor, h: tf.Tensor, lstm=None):
+    """Raw logits [n, n_classes] and the new LSTM state of n frames' context windows.
+
+    `windows` [n, (2*n_context+1)*n_input] are flattened as the ContextWindows layer
+    makes them; `lstm` replaces `stream_lstm` by another kernel of the same LSTM (the
+    TensorFlow client's graph uses TensorFlow's fused BlockLSTM op).
+    """
+    x = windows
+    for name in HIDDEN_BLOCKS:
+        x = dense_block(model, name, x)
+    x, c, h = (lstm or stream_lstm)(model, x, c, h)
+    x = dense_block(model, "layer_5", x)
+    return model.get_layer("layer_6")(x), c, h

@@ -10,10 +10,11 @@ logits and the new state:
     -> logits [1, n_steps, n_classes] (raw, not softmax), new_state_c, new_state_h
 
 A fixed window keeps every shape static, so the converter needs only built-in ops and a
-device streams audio of any length in constant memory. The weights are a float32 copy
-of the Keras model's, frozen into the flatbuffer. Every conversion is run on real clips
-and compared with the Keras model before it is written: some conversion routes silently
-produce a model without its weights (NaN or garbage logits, no error).
+device streams audio of any length in constant memory. The graph is the Keras model's
+own layers (`model.streaming_logits`), its weights frozen into the flatbuffer. Every
+conversion is run on real clips and compared with the Keras model before it is written:
+some conversion routes silently produce a model without its weights (NaN or garbage
+logits, no error).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import tensorflow as tf
 from deepspeech_core.checkpoints import ModelSpec
 from deepspeech_core.io_utils import atomic_write_bytes
 from deepspeech_core.manifests import TFLiteModel
+from deepspeech_core.model import streaming_logits
 
 log = logging.getLogger(__name__)
 
@@ -56,41 +58,14 @@ class TFLiteMismatchError(ValueError):
     """A converted TFLite model does not compute what the Keras model computes."""
 
 
-HIDDEN_DENSE = ("layer_1", "layer_2", "layer_3", "layer_5")
-
-
-def _weight_arrays(model: keras.Model, layer_norm: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Float32 copies of the weights by layer (mixed-precision models keep float32 ones)."""
-
-    def f32(variable: keras.Variable) -> np.ndarray:
-        return variable.numpy().astype(np.float32)
-
-    weights = {}
-    for name in (*HIDDEN_DENSE, "layer_6"):
-        layer = model.get_layer(name)
-        weights[name] = {"kernel": f32(layer.kernel), "bias": f32(layer.bias)}
-    if layer_norm:
-        for name in HIDDEN_DENSE:
-            norm = model.get_layer(f"{name}_norm")
-            weights[f"{name}_norm"] = {"gamma": f32(norm.gamma), "beta": f32(norm.beta)}
-    cell = model.get_layer("lstm").cell  # keras LSTM and ProjectedLSTM share this layout
-    weights["lstm"] = {
-        "kernel": f32(cell.kernel),
-        "recurrent_kernel": f32(cell.recurrent_kernel),
-        "bias": f32(cell.bias),
-    }
-    return weights
-
-
 class StreamingGraph(tf.Module):
-    """The streaming graph (`step`) over a float32 copy of a Keras model's weights.
+    """The streaming graph (`step`) of a float32 Keras model: `model.streaming_logits`.
 
-    Same maths as the Keras model in inference mode: no dropout, layer norm when the
-    model has it, float32 throughout (a mixed-precision model is computed in float32).
-    The weights are variables tracked by this module, not constants: the converter then
-    freezes them in a few seconds and ~2 GB at n_hidden 2048, where 188 MB of graph
-    constants take ~50 s and ~8 GB; and saving refuses an untracked variable loudly
-    instead of converting a model without it.
+    The model's own layers and weights (no second copy of the maths): no dropout, layer
+    norm when the model has it. The weights stay variables tracked by this module: the
+    converter then freezes them in a few seconds and ~2 GB at n_hidden 2048, where
+    188 MB of graph constants take ~50 s and ~8 GB; and saving refuses an untracked
+    variable loudly instead of converting a model without it.
     """
 
     def __init__(self, model: keras.Model, spec: ModelSpec, n_steps: int = N_STEPS) -> None:
@@ -98,69 +73,30 @@ class StreamingGraph(tf.Module):
         features, self.cfg = spec.features, spec.model
         self.n_steps, self.n_classes = n_steps, spec.alphabet.n_classes
         self.width, self.n_input = 2 * features.n_context + 1, features.n_input
-        arrays = _weight_arrays(model, self.cfg.layer_norm)
-        self.weights = {
-            layer: {k: tf.Variable(v, trainable=False, name=k) for k, v in params.items()}
-            for layer, params in arrays.items()
-        }
-        self.epsilons = {
-            name: float(model.get_layer(f"{name}_norm").epsilon)
-            for name in HIDDEN_DENSE
-            if self.cfg.layer_norm
-        }
+        self.model = model
+        self.model_variables = [v.value for v in model.weights]
         n_hidden = self.cfg.n_hidden
-        self.step = tf.function(
-            self._step,
-            input_signature=[
-                tf.TensorSpec([1, n_steps, self.width, self.n_input], tf.float32, "input_node"),
-                tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_c"),
-                tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_h"),
-            ],
+        self.state_specs = [
+            tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_c"),
+            tf.TensorSpec([1, n_hidden], tf.float32, "previous_state_h"),
+        ]
+        self.input_spec = tf.TensorSpec(
+            [1, n_steps, self.width, self.n_input], tf.float32, "input_node"
         )
+        self.step = tf.function(self._step, input_signature=[self.input_spec, *self.state_specs])
+
+    def logits(self, input_node, previous_state_c, previous_state_h, lstm=None):
+        """Raw logits [n_steps, n_classes] and the new state, from model.streaming_logits."""
+        windows = tf.reshape(input_node, [self.n_steps, self.width * self.n_input])
+        return streaming_logits(self.model, windows, previous_state_c, previous_state_h, lstm)
 
     def _step(self, input_node, previous_state_c, previous_state_h) -> dict[str, tf.Tensor]:
-        # (window position, coefficient) order, as the model's ContextWindows layer.
-        x = tf.reshape(input_node, [self.n_steps, self.width * self.n_input])
-        for name in HIDDEN_DENSE[:3]:
-            x = self._dense(x, name)
-        x, c, h = self._lstm(x, previous_state_c, previous_state_h)
-        x = self._dense(x, "layer_5")
-        w = self.weights["layer_6"]
-        logits = tf.matmul(x, w["kernel"]) + w["bias"]
+        logits, c, h = self.logits(input_node, previous_state_c, previous_state_h)
         return {
             "logits": tf.reshape(logits, [1, self.n_steps, self.n_classes]),
             "new_state_c": c,
             "new_state_h": h,
         }
-
-    def _dense(self, x: tf.Tensor, name: str) -> tf.Tensor:
-        """DeepSpeech's dense block: matmul + bias, clipped ReLU, optional layer norm."""
-        w = self.weights[name]
-        x = tf.minimum(tf.nn.relu(tf.matmul(x, w["kernel"]) + w["bias"]), self.cfg.relu_clip)
-        if name not in self.epsilons:
-            return x
-        norm = self.weights[f"{name}_norm"]
-        mean = tf.reduce_mean(x, axis=-1, keepdims=True)
-        variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1, keepdims=True)
-        x = (x - mean) * tf.math.rsqrt(variance + self.epsilons[name])
-        return x * norm["gamma"] + norm["beta"]
-
-    def _lstm(self, x: tf.Tensor, c: tf.Tensor, h: tf.Tensor):
-        """Keras's LSTM (gates i, f, c, o) unrolled over the window's frames.
-
-        The input projection of all frames is one matmul; the loop is unrolled in
-        Python, so the graph has no control flow for the converter to lower.
-        """
-        w = self.weights["lstm"]
-        projected = tf.matmul(x, w["kernel"]) + w["bias"]
-        hidden = []
-        for z in tf.unstack(projected, axis=0):
-            z = z[tf.newaxis] + tf.matmul(h, w["recurrent_kernel"])
-            i, f, g, o = tf.split(z, 4, axis=-1)
-            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            h = tf.sigmoid(o) * tf.tanh(c)
-            hidden.append(h)
-        return tf.concat(hidden, axis=0), c, h
 
 
 def convert_tflite(
@@ -210,13 +146,17 @@ class TFLiteStreamer:
     windows and reset by `reset()` and `finish()`.
     """
 
-    def __init__(self, tflite: bytes | Path, num_threads: int | None = None) -> None:
-        self._interpreter = make_interpreter(tflite, num_threads)
-        self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+    def __init__(
+        self, tflite: bytes | Path | None, num_threads: int | None = None, runner=None
+    ) -> None:
+        """`runner` (instead of `tflite`): any callable with a signature runner's interface."""
+        if runner is None:
+            runner = make_interpreter(tflite, num_threads).get_signature_runner(SIGNATURE)
+        self._runner = runner
         inputs = self._runner.get_input_details()
         _, self.n_steps, self.width, self.n_input = inputs["input_node"]["shape"]
         self.n_hidden = int(inputs["previous_state_c"]["shape"][1])
-        self.n_classes = int(self._runner.get_output_details()["logits"]["shape"][2])
+        self.n_classes = int(self._runner.get_output_details()["logits"]["shape"][-1])
         self.n_context = (self.width - 1) // 2
         self.reset()
 
@@ -234,7 +174,7 @@ class TFLiteStreamer:
             previous_state_h=self._h,
         )
         self._c, self._h = out["new_state_c"], out["new_state_h"]
-        return out["logits"][0]
+        return out["logits"].reshape(self.n_steps, self.n_classes)  # any batch/time layout
 
     def feed(self, frames: np.ndarray) -> np.ndarray:
         """Logits [k, classes] of the frames whose windows are now complete."""
@@ -296,17 +236,18 @@ class Fidelity(NamedTuple):
     error: float  # `logit_error`, the figure compared with the tolerance
 
 
-def _check(
+def check_streamed(
     tflite: bytes | Path,
     references: Sequence[np.ndarray],
     clips: Sequence[np.ndarray],
     tolerance: float,
     what: str,
+    streamer: TFLiteStreamer | None = None,
 ) -> Fidelity:
-    """Stream every clip through `tflite`; raise unless all logits match `references`."""
+    """Stream every clip through `tflite` (or `streamer`); raise unless all logits match."""
     if not len(clips):
         raise ValueError(f"no clips to verify the {what} TFLite model on: give at least one")
-    streamer = TFLiteStreamer(tflite)
+    streamer = streamer or TFLiteStreamer(tflite)
     max_abs, max_err = 0.0, 0.0
     for i, (features, want) in enumerate(zip(clips, references, strict=True)):
         if not np.all(np.isfinite(want)):
@@ -341,7 +282,7 @@ def verify_tflite(
     Raises TFLiteMismatchError on non-finite logits or when `logit_error` exceeds
     `tolerance` (FP32_TOLERANCE, QUANT_TOLERANCE).
     """
-    return _check(tflite, keras_logits(model, clips), clips, tolerance, "converted")
+    return check_streamed(tflite, keras_logits(model, clips), clips, tolerance, "converted")
 
 
 def _write_verified(
@@ -357,7 +298,7 @@ def _write_verified(
     """Convert, verify, and only then write `path` atomically."""
     started = time.perf_counter()
     tflite = convert_tflite(model, spec, quantize, n_steps)
-    fidelity = _check(tflite, references, clips, tolerance, path.name)
+    fidelity = check_streamed(tflite, references, clips, tolerance, path.name)
     atomic_write_bytes(path, tflite)
     log.info(
         "%s: %.2f MB, max |logit diff| %.3g (%.3g of scale, tolerance %.3g), %.1f s",

@@ -1,15 +1,21 @@
-"""Transcribing audio files with an exported model (SavedModel or streaming TFLite).
+"""Transcribing audio files with an exported model (SavedModel, streaming TFLite, or
+DeepSpeech's own client library on output_graph.tflite / output_graph.pb).
 
 Audio is read, downmixed and resampled exactly as the training data was; the model's
 logits are decoded with the same decoders as the evaluate stage, so an exported model
 transcribes a clip as evaluation did. The TFLite path feeds the model one window of
 `n_steps` frames at a time with its LSTM state carried over, as DeepSpeech's streaming
-client does, so a long recording needs no more model memory than a short one.
+client does, so a long recording needs no more model memory than a short one. The
+`deepspeech` backends hand the export's output_graph file to libdeepspeech 0.9.3 (run
+in a child process, see `deepspeech_client`): what a DeepSpeech app will say, decoded
+by its own beam search.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+import wave
 from pathlib import Path
 from typing import Literal
 
@@ -20,12 +26,20 @@ from deepspeech_core.alphabet import alphabet_from_record
 from deepspeech_core.audio import read_audio
 from deepspeech_core.config import DecoderConfig, FeatureConfig
 from deepspeech_core.decoding import make_decoder
+from deepspeech_core.deepspeech_client import run_client
+from deepspeech_core.deepspeech_export import PB_FILE, TFLITE_FILE
 from deepspeech_core.export_store import resolve_model_dir
 from deepspeech_core.features import MfccExtractor
 from deepspeech_core.tflite_export import FP32_FILE, QUANT_FILE, TFLiteStreamer
 
-Backend = Literal["saved_model", "tflite", "tflite_quant"]
+Backend = Literal["saved_model", "tflite", "tflite_quant", "deepspeech", "deepspeech_tensorflow"]
 TFLITE_FILES = {"tflite": FP32_FILE, "tflite_quant": QUANT_FILE}
+# backend -> (libdeepspeech build, the export's file it loads)
+CLIENT_FILES = {
+    "deepspeech": ("tflite", TFLITE_FILE),
+    "deepspeech_tensorflow": ("tensorflow", PB_FILE),
+}
+BACKENDS = ("saved_model", *TFLITE_FILES, *CLIENT_FILES)
 
 
 class Transcriber:
@@ -42,8 +56,20 @@ class Transcriber:
         self.features = FeatureConfig.model_validate(self.metadata["features"])
         self.sample_rate = self.features.audio_sample_rate
         self.alphabet = alphabet_from_record(self.metadata)
-        self.decoder = make_decoder(self.alphabet, decoder or DecoderConfig(beam_width=1))
         self.backend = backend
+        self.decoder_config = decoder or DecoderConfig(beam_width=1)
+        if backend in CLIENT_FILES:
+            build, name = CLIENT_FILES[backend]
+            self._client_model = self.model_dir / name
+            if not self._client_model.is_file():
+                raise FileNotFoundError(
+                    f"{self._client_model} does not exist: this export has no DeepSpeech "
+                    "client model (exported before they existed, or with --no_export_tflite); "
+                    "export again or use --backend saved_model"
+                )
+            self._client_build = build
+            return
+        self.decoder = make_decoder(self.alphabet, self.decoder_config)
         if backend == "saved_model":
             self._saved = tf.saved_model.load(str(self.model_dir / "saved_model"))
         else:
@@ -63,7 +89,28 @@ class Transcriber:
         return self._streamer.logits(self._mfccs(pcm16))
 
     def transcribe_samples(self, pcm16: np.ndarray) -> str:
+        if self.backend in CLIENT_FILES:
+            return self._client_transcribe(pcm16)
         return self.decoder.decode(self.logits(pcm16))
+
+    def _client_transcribe(self, pcm16: np.ndarray) -> str:
+        """libdeepspeech's DS_SpeechToText on the samples (a 16-bit wav in a temp dir)."""
+        cfg = self.decoder_config
+        with tempfile.TemporaryDirectory(prefix="deepspeech-client-") as tmp:
+            wav = Path(tmp) / "clip.wav"
+            with wave.open(str(wav), "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(self.sample_rate)
+                out.writeframes(np.asarray(pcm16, "<i2").tobytes())
+            run = run_client(
+                self._client_build,
+                self._client_model,
+                [wav],
+                beam_width=cfg.beam_width,
+                scorer=cfg.scorer_path,
+            )
+        return run.records[0]["text"]
 
     def transcribe_file(self, path: Path) -> str:
         """Any format SoX/libsndfile reads, resampled and downmixed as training data was."""

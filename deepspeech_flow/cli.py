@@ -258,7 +258,13 @@ def transcribe(
         Path, _opt("model", help="An export directory (uses its `current`) or a version.")
     ],
     backend: Annotated[
-        str, _opt("backend", help="saved_model | tflite | tflite_quant (streaming).")
+        str,
+        _opt(
+            "backend",
+            help="saved_model | tflite | tflite_quant (streaming) | deepspeech | "
+            "deepspeech_tensorflow (DeepSpeech 0.9.3's client library on output_graph.tflite "
+            "or output_graph.pb, as a DeepSpeech app runs it; --scorer_path takes a .scorer).",
+        ),
     ] = "saved_model",
     beam_width: Annotated[int | None, _opt("beam_width", help=_decoder_help("beam_width"))] = None,
     scorer_path: Annotated[
@@ -271,13 +277,12 @@ def transcribe(
     from deepspeech_core.audio import AudioError
     from deepspeech_core.config import DecoderConfig
     from deepspeech_core.decoding import DecoderError
+    from deepspeech_core.deepspeech_client import ClientError, ClientUnavailableError
     from deepspeech_core.export_store import ExportStoreError
-    from deepspeech_core.transcriber import TFLITE_FILES, Transcriber
+    from deepspeech_core.transcriber import BACKENDS, Transcriber
 
-    if backend not in ("saved_model", *TFLITE_FILES):
-        raise typer.BadParameter(
-            "choose saved_model, tflite or tflite_quant", param_hint="--backend"
-        )
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
     given = {"beam_width": beam_width, "scorer_path": scorer_path}
     given |= {"lm_alpha": lm_alpha, "lm_beta": lm_beta}
     try:
@@ -293,6 +298,10 @@ def transcribe(
         except AudioError as exc:
             failed += 1
             typer.echo(f"{path}: cannot read audio ({exc})", err=True)
+            continue
+        except (ClientError, ClientUnavailableError) as exc:
+            failed += 1
+            typer.echo(f"{path}: {exc}", err=True)
             continue
         seconds = time.monotonic() - started
         record = {"file": str(path), "text": text, "seconds": round(seconds, 3)}

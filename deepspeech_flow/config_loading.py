@@ -72,6 +72,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "test_output_file": ("evaluation", "test_output_file"),
     "export_dir": ("export", "export_dir"),
     "export_tflite": ("export", "export_tflite"),
+    "export_beam_width": ("export", "export_beam_width"),
     **{
         f"export_{name}": ("export", f"export_{name}")
         for name in (

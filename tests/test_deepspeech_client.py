@@ -1,0 +1,213 @@
+"""Exports that DeepSpeech 0.9.3's own client library (libdeepspeech) loads and runs.
+
+The proof is the real library from the deepspeech-tflite and deepspeech 0.9.3 wheels
+(`make test` fetches them), driven through its C API in a child process so that a
+crash of the client fails a test instead of killing pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import tensorflow as tf
+from typer.testing import CliRunner
+
+from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.checkpoints import load_model
+from deepspeech_core.config import ExportConfig
+from deepspeech_core.deepspeech_client import (
+    ClientError,
+    ClientUnavailableError,
+    fetch_library,
+    run_client,
+)
+from deepspeech_core.deepspeech_export import (
+    GRAPH_VERSION,
+    PB_FILE,
+    QUANT_FILE,
+    TFLITE_FILE,
+    DeepSpeechExportError,
+    DeepSpeechGraph,
+    DeepSpeechMetadata,
+    alphabet_labels,
+    check_deepspeech_file,
+    convert_deepspeech_pb,
+    deserialize_alphabet,
+    read_deepspeech_metadata,
+    serialize_alphabet,
+)
+from deepspeech_core.export import export_model, verification_clips
+
+BUILD = {TFLITE_FILE: "tflite", QUANT_FILE: "tflite", PB_FILE: "tensorflow"}
+
+
+def test_alphabet_is_serialised_as_deepspeech_does():
+    """Alphabet::Serialize: uint16 count, then uint16 key, uint16 length, bytes per label."""
+    labels = alphabet_labels(Alphabet([" ", "a", "é"]))
+    data = serialize_alphabet(labels)
+    assert data == (
+        struct.pack("<H", 3)
+        + struct.pack("<HH", 0, 1) + b" "
+        + struct.pack("<HH", 1, 1) + b"a"
+        + struct.pack("<HH", 2, 2) + "é".encode()
+    )  # fmt: skip
+    assert deserialize_alphabet(data) == labels
+    # a bytes-output-mode alphabet (255 byte labels) goes through the same function
+    byte_labels = [bytes([i]) for i in range(1, 256)]
+    assert deserialize_alphabet(serialize_alphabet(byte_labels)) == byte_labels
+    with pytest.raises(DeepSpeechExportError, match="ends inside"):
+        deserialize_alphabet(data[:-1])
+
+
+@pytest.fixture(scope="module")
+def clients():
+    """Both libdeepspeech 0.9.3 builds, fetched once into the cache (make test does it)."""
+    try:
+        return {build: fetch_library(build) for build in ("tflite", "tensorflow")}
+    except ClientUnavailableError as exc:
+        pytest.skip(f"libdeepspeech 0.9.3 is not available: {exc}")
+
+
+@pytest.fixture(scope="module")
+def exported(speaking_model, tmp_path_factory):
+    """A full export of the model trained on speech, and its test clips (16-bit wavs)."""
+    cfg, corpus, features, _ = speaking_model
+    root = tmp_path_factory.mktemp("ds-export")
+    manifest = export_model(
+        cfg.checkpoint_dir, root, ExportConfig(), corpus=corpus,
+        verify_clips=verification_clips(features),
+    )  # fmt: skip
+    test = pd.read_csv(corpus.splits["test"], keep_default_na=False)
+    return manifest, list(test.wav_filename)
+
+
+def test_every_export_holds_checked_client_models(exported):
+    manifest, _ = exported
+    version = manifest.export_dir
+    assert set(manifest.deepspeech) == {TFLITE_FILE, QUANT_FILE, PB_FILE}
+    metadata = json.loads((version / "metadata.json").read_text())
+    card = (version / "MODEL_CARD.md").read_text()
+    for name, record in manifest.deepspeech.items():
+        assert (version / name).stat().st_size == record.size_bytes
+        assert metadata["deepspeech"][name]["graph_version"] == GRAPH_VERSION
+        assert record.error <= record.tolerance
+        assert f"`{name}`" in card
+        values, _ = read_deepspeech_metadata(version / name)
+        assert values["metadata_beam_width"] == 500 and values["metadata_sample_rate"] == 16000
+        assert deserialize_alphabet(values["metadata_alphabet"]) == [
+            c.encode() for c in metadata["alphabet"]
+        ]
+    assert manifest.deepspeech[QUANT_FILE].size_bytes < manifest.deepspeech[TFLITE_FILE].size_bytes
+
+
+@pytest.mark.parametrize("name", [TFLITE_FILE, QUANT_FILE, PB_FILE])
+def test_both_client_builds_load_their_file(clients, exported, name):
+    manifest, _ = exported
+    run = run_client(BUILD[name], manifest.export_dir / name)
+    assert run.version == "0.9.3"
+    assert run.sample_rate == 16000 and run.beam_width == 500
+
+
+@pytest.fixture(scope="module")
+def wrong(speaking_model, tmp_path_factory):
+    """output_graph.pb files whose metadata do not fit the model (version 5, other alphabet)."""
+    cfg = speaking_model[0]
+    model, spec, _ = load_model(cfg.checkpoint_dir, "best")
+    right = DeepSpeechMetadata.for_model(spec)
+    root = tmp_path_factory.mktemp("ds-wrong")
+    variants = {
+        "version": right.model_copy(update={"version": GRAPH_VERSION - 1}),
+        "alphabet": right.model_copy(update={"alphabet": right.alphabet[::-1]}),
+        "short_alphabet": right.model_copy(update={"alphabet": right.alphabet[:-1]}),
+    }
+    for what, metadata in variants.items():
+        graph = DeepSpeechGraph(model, spec, metadata)
+        (root / f"{what}.pb").write_bytes(convert_deepspeech_pb(graph))
+    return root, right, spec
+
+
+def test_wrong_version_or_alphabet_is_refused_by_our_check(wrong):
+    root, right, spec = wrong
+    n_hidden = spec.model.n_hidden
+    with pytest.raises(DeepSpeechExportError, match=r"graph version 5, but .* need 6"):
+        check_deepspeech_file(root / "version.pb", right, n_hidden)
+    with pytest.raises(DeepSpeechExportError, match="the model was trained on"):
+        check_deepspeech_file(root / "alphabet.pb", right, n_hidden)
+    with pytest.raises(DeepSpeechExportError, match="logits have .* classes"):
+        check_deepspeech_file(root / "short_alphabet.pb", right, n_hidden)
+
+
+def test_the_client_refuses_what_our_check_refuses(clients, wrong):
+    """Our check is not stricter than needed: the client refuses these files as well."""
+    root, _, _ = wrong
+    with pytest.raises(ClientError, match="Incompatible model"):
+        run_client("tensorflow", root / "version.pb")
+    with pytest.raises(ClientError, match="Invalid alphabet"):
+        run_client("tensorflow", root / "short_alphabet.pb")
+
+
+# DeepSpeech's client always computes one more feature frame than training and
+# `transcribe` do: at the end of a stream it takes the MFCCs of the audio left after the
+# last full window (>= 192 samples), padded with zeros by the TensorFlow build and with
+# the previous window's samples by the TFLite build (it leaves the input tensor's tail
+# as it was). The comparison with our model and beam search is on the client's frames.
+
+
+def _client_features(pcm16: np.ndarray, mfccs, runtime: str) -> np.ndarray:
+    """The MFCC frames libdeepspeech computes for a whole clip (native_client/deepspeech.cc)."""
+    window, step = 512, 320
+    full = 1 + (len(pcm16) - window) // step
+    rest = pcm16[full * step :]
+    if runtime == "tensorflow":  # tensor_from_vector pads with zeros
+        tail = np.zeros(window - len(rest), np.int16)
+    else:  # copy_vector_to_tensor leaves the previous window's samples in place
+        previous = (full - 1) * step
+        tail = pcm16[previous + len(rest) : previous + window]
+    return np.concatenate([mfccs(pcm16), mfccs(np.concatenate([rest, tail]))])
+
+
+@pytest.mark.parametrize("name", [TFLITE_FILE, PB_FILE])
+def test_client_transcribes_as_our_beam_search_does(clients, exported, name):
+    """On real test clips the client says what our model and beam search (width 500, no
+    LM, TensorFlow's) say on the client's frames, for >= 95% of clips: the graph computes
+    our features and our network. Streaming in 20 ms chunks ends with the same text."""
+    from deepspeech_core.decoding import BeamSearchDecoder
+    from deepspeech_core.features import MfccExtractor
+    from deepspeech_core.transcriber import Transcriber
+
+    manifest, wavs = exported
+    run = run_client(BUILD[name], manifest.export_dir / name, wavs, beam_width=500)
+    assert len(run.records) == len(wavs) >= 10
+    assert any(r["text"] for r in run.records), "the model trained on speech says nothing"
+    ours = Transcriber(manifest.export_dir)
+    mfccs, decoder = MfccExtractor(ours.features), BeamSearchDecoder(ours.alphabet, 500)
+    same = 0
+    for wav, record in zip(wavs, run.records, strict=True):
+        pcm16, _ = soundfile.read(wav, dtype="int16")
+        features = _client_features(pcm16, mfccs, BUILD[name])[np.newaxis]
+        logits = ours._saved.features(tf.constant(features))["logits"].numpy()
+        same += decoder.decode(logits) == record["text"]
+    assert same >= 0.95 * len(wavs)
+
+    streamed = run_client(BUILD[name], manifest.export_dir / name, wavs[:3], 500, stream_ms=20)
+    for record, whole in zip(streamed.records, run.records[:3], strict=True):
+        assert record["stream"] == record["text"] == whole["text"]
+        chunks = -(-round(record["audio_seconds"] * 16000) // 320)  # 20 ms = 320 samples
+        assert len(record["intermediate"]) == chunks // 25  # a decode every 0.5 s
+
+
+def test_transcribe_backend_deepspeech_runs_the_client(clients, exported):
+    from deepspeech_flow.cli import app
+
+    manifest, wavs = exported
+    run = run_client("tflite", manifest.export_dir / TFLITE_FILE, wavs[:2], beam_width=500)
+    args = ["transcribe", "--model", str(manifest.export_dir), "--backend", "deepspeech"]
+    result = CliRunner().invoke(app, [*args, "--beam_width", "500", "--json", *wavs[:2]])
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line)["text"] for line in result.output.splitlines()]
+    assert got == [r["text"] for r in run.records]
