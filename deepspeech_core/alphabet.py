@@ -34,7 +34,8 @@ class Alphabet:
             raise ValueError("every alphabet entry must be exactly one character")
         if not chars:
             raise ValueError("alphabet is empty")
-        if "\n" in chars or "\r" in chars:
+        if not self.bytes_output_mode and ("\n" in chars or "\r" in chars):
+            # (bytes output mode's labels are bytes 0x01..0xFF, 0x0A among them)
             raise ValueError(
                 "the alphabet cannot hold a line break (\\n or \\r): alphabet.txt has one "
                 "character per line, and transcripts with line breaks are rejected"

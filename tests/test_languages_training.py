@@ -20,6 +20,7 @@ from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import ExportConfig
 from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.decoding import GreedyDecoder
+from deepspeech_core.deepspeech_client import ClientUnavailableError, fetch_library
 from deepspeech_core.evaluation import decode_split, evaluate
 from deepspeech_core.export import export_model, verification_clips
 from deepspeech_core.metrics import corpus_error_rates
@@ -125,6 +126,20 @@ def test_mandarin_bytes_mode_trains_evaluates_exports_and_transcribes(mandarin_b
         raw = saved.serve_pcm16(tf.constant(pcm, tf.int16))["transcript"].numpy()
         # the graph writes the bytes themselves; decoding them gives evaluation's text
         assert raw.decode("utf-8", errors="replace") == sample["res"]
+
+    # DeepSpeech's client runs the bytes-mode export (its alphabet: the 255 byte labels)
+    assert set(metadata["deepspeech"]) == {
+        "output_graph.tflite",
+        "output_graph.quant.tflite",
+        "output_graph.pb",
+    }
+    try:
+        fetch_library("tflite")
+    except ClientUnavailableError as exc:
+        pytest.skip(f"libdeepspeech 0.9.3 is not available: {exc}")
+    client = Transcriber(tmp_path / "export", "deepspeech")
+    texts = [client.transcribe_file(s["wav_filename"]) for s in samples]
+    assert len(texts) == len(samples) and all(isinstance(t, str) for t in texts)
 
 
 def test_transfer_from_a_character_model_into_bytes_output_mode(russian, mandarin_bytes, tmp_path):
