@@ -140,6 +140,11 @@ class LMBeamSearchDecoder:
             labels, LanguageModel(language_model, unigrams, alpha=alpha, beta=beta)
         )
 
+    def set_weights(self, alpha: float, beta: float) -> None:
+        """New lm_alpha/lm_beta without reloading the model (tune-lm's trials)."""
+        self._decoder.reset_params(alpha=alpha, beta=beta)
+        self.alpha, self.beta = alpha, beta
+
     def decode(self, logits: np.ndarray) -> str:
         return self._decoder.decode(
             _log_softmax(np.asarray(logits, np.float32)), beam_width=self.beam_width
