@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup system-deps demo test bench lint clean lock serve stop kenlm
+.PHONY: setup system-deps demo test bench lint clean lock serve stop kenlm libdeepspeech
 
 setup: system-deps $(STAMP)
 
@@ -70,6 +70,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps "pyctcdecode==$(PYCTCDECODE_VERSION)"
 	touch $(STAMP)
 
+# libdeepspeech 0.9.3 (the library under every DeepSpeech client), TensorFlow and TFLite
+# builds, from the deepspeech and deepspeech-tflite wheels on PyPI, cached in .cache/;
+# the .scorer client tests call it (and fetch it through this target when it is absent).
+DEEPSPEECH_CLIENT_CACHE := .cache/deepspeech-0.9.3
+LIBDEEPSPEECH := $(DEEPSPEECH_CLIENT_CACHE)/deepspeech/deepspeech/lib/libdeepspeech.so \
+  $(DEEPSPEECH_CLIENT_CACHE)/deepspeech-tflite/deepspeech/lib/libdeepspeech.so
+
+libdeepspeech: $(LIBDEEPSPEECH)
+
+$(DEEPSPEECH_CLIENT_CACHE)/%/deepspeech/lib/libdeepspeech.so:
+	@mkdir -p $(DEEPSPEECH_CLIENT_CACHE)
+	$(BIN)/python -m pip download -q --no-deps --python-version 3.9 --only-binary=:all: \
+	  --platform manylinux1_x86_64 "$*==0.9.3" -d $(DEEPSPEECH_CLIENT_CACHE)
+	$(BIN)/python -m zipfile -e $(DEEPSPEECH_CLIENT_CACHE)/$(subst -,_,$*)-0.9.3-*.whl \
+	  $(DEEPSPEECH_CLIENT_CACHE)/$*
+	@test -f $@
+
 demo: setup kenlm
 	@start=$$(date +%s); \
 	$(BIN)/deepspeech-flow make-demo-corpus $(DEMO_DIR)/cv --count 400 && \
@@ -77,7 +94,7 @@ demo: setup kenlm
 	  --config deployments/demo.yaml && \
 	echo "make demo: pipeline time $$(( $$(date +%s) - start )) s"
 
-test: setup kenlm
+test: setup kenlm libdeepspeech
 	$(BIN)/pytest -q
 
 bench: setup
