@@ -126,6 +126,17 @@ def latest(checkpoint_dir: Path, which: str = "best") -> Path | None:
     return None
 
 
+def refuse_deepspeech_checkpoint_dir(checkpoint_dir: Path) -> None:
+    """Training never writes into a DeepSpeech checkpoint directory (it is the user's)."""
+    if read_spec(checkpoint_dir) is None and is_deepspeech_checkpoint(checkpoint_dir):
+        raise CheckpointError(
+            f"{checkpoint_dir} is a DeepSpeech checkpoint: training does not write into it. "
+            f"Start a training from it with --load_checkpoint_dir {checkpoint_dir} (and "
+            "--drop_source_layers 1 for a new alphabet), or evaluate it with "
+            "`evaluate --checkpoint_dir`"
+        )
+
+
 def load_deepspeech_model(
     path: Path, alphabet: Alphabet | None = None, features: FeatureConfig | None = None
 ) -> tuple[keras.Model, ModelSpec, Path]:

@@ -26,6 +26,7 @@ from deepspeech_core.checkpoints import (
     ModelSpec,
     check_compatible,
     read_spec,
+    refuse_deepspeech_checkpoint_dir,
     tracked_state,
     transfer_weights,
     write_spec,
@@ -193,6 +194,7 @@ def train(
     others into CHECKPOINT_DIR/.worker-N, as tf.distribute requires every worker to save.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    refuse_deepspeech_checkpoint_dir(checkpoint_dir)
     # MultiWorkerMirroredStrategy must exist before TensorFlow initialises its devices.
     early = (
         tf.distribute.MultiWorkerMirroredStrategy() if cfg.distribute == "multi_worker" else None

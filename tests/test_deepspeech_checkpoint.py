@@ -220,3 +220,27 @@ def test_fine_tuning_validates_against_the_checkpoint_alphabet(tmp_path):
         update={"training": cfg.training.model_copy(update={"drop_source_layers": 1})}
     )
     assert alphabet_for(transfer) is None, "a new language derives its own alphabet"
+
+
+def test_evaluate_reads_a_deepspeech_checkpoint_and_training_never_writes_into_it(
+    tmp_path, tiny_cv
+):
+    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.evaluation import evaluate
+    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.training import train
+    from deepspeech_core.training_runs import has_trained_model
+    from tests.conftest import tiny_config
+
+    values = deepspeech_variables(np.random.default_rng(9), ENGLISH.n_classes, FUSED_CELL)
+    directory = write_tf1_checkpoint(tmp_path / "deepspeech-0.9.3-checkpoint", values)
+    before = sorted(p.name for p in directory.iterdir())
+    assert has_trained_model(directory)
+    cfg = tiny_config(tmp_path / "work", tiny_cv)
+    corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir, directory / "alphabet.txt")
+    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    report = evaluate(features, directory, cfg.evaluation, tmp_path / "reports")
+    assert report.samples > 0 and str(report.checkpoint).endswith("best_dev-1234")
+    with pytest.raises(CheckpointError, match="--load_checkpoint_dir"):
+        train(features, cfg.model, cfg.features, cfg.training, directory)
+    assert sorted(p.name for p in directory.iterdir()) == before, "nothing written into it"

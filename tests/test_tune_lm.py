@@ -42,10 +42,12 @@ def test_tune_lm_finds_writes_and_hands_on_the_best_pair(speaking_model, tmp_pat
     assert (saved["lm_alpha"], saved["lm_beta"]) == (result.lm_alpha, result.lm_beta)
 
     # The next evaluation with the same scorer (and no --lm_alpha/--lm_beta) uses them...
+    from prefect import flow
+
     from tasks.evaluate import evaluate_model_task
 
     features = lm_tuning_features(workdir)
-    evaluated = evaluate_model_task.fn(cfg, features, source.checkpoint_dir, label="model")
+    evaluated = flow(evaluate_model_task.fn)(cfg.resolved(), features, source.checkpoint_dir)
     report = json.loads(evaluated.report_path.read_text())
     assert (report["lm_alpha"], report["lm_beta"]) == (result.lm_alpha, result.lm_beta)
     # ...given flags win, and another scorer is not affected.
