@@ -106,13 +106,18 @@ class ScorerPackage:
 
 
 def labels_for(word: str, alphabet: Alphabet | None) -> list[int] | None:
-    """DeepSpeech's trie labels of `word` (alphabet index + 1, or UTF-8 bytes); None if
-    a character is not in the alphabet (such words are left out, as DeepSpeech does)."""
+    """DeepSpeech's trie labels of `word`, as `add_word_to_dictionary` makes them.
+
+    Alphabet mode: alphabet index + 1 per character, then the space's (a word in the
+    trie ends with the space that ends it in the transcript; the decoder matches the
+    space against it). Bytes mode: the UTF-8 bytes. None if a character is not in the
+    alphabet (such words are left out, as DeepSpeech does).
+    """
     if alphabet is None:
         return list(word.encode("utf-8"))
     if alphabet.missing(word):
         return None
-    return [int(i) + 1 for i in alphabet.encode(word)]
+    return [int(i) + 1 for i in alphabet.encode(word + " ")]
 
 
 def build_trie(words, alphabet: Alphabet | None) -> Trie:
@@ -124,6 +129,8 @@ def build_trie(words, alphabet: Alphabet | None) -> Trie:
     topological order from the start (0) and arcs sorted by label, so SortedMatcher
     (the decoder's matcher) can use them.
     """
+    if alphabet is not None and " " not in alphabet.characters:
+        raise ScorerError("a word scorer needs the space in the alphabet (it ends every word)")
     children: list[dict[int, int]] = [{}]
     final = [False]
     for word in sorted(set(words)):
@@ -284,7 +291,8 @@ def trie_words(trie: Trie, alphabet: Alphabet | None) -> list[str]:
     while stack:
         state, labels = stack.pop()
         if trie.final[state]:
-            words.append(_decode(labels, alphabet))
+            word = _decode(labels, alphabet)
+            words.append(word[:-1] if alphabet is not None and word.endswith(" ") else word)
         stack.extend((dst, (*labels, label)) for label, dst in trie.arcs[state])
     return sorted(words)
 

@@ -37,9 +37,11 @@ def test_trie_is_minimal_sorted_and_reads_back_at_any_offset():
         assert [lb for lb, _ in arcs] == sorted(lb for lb, _ in arcs), "ilabel-sorted"
         assert all(dst > src for _, dst in arcs), "topologically numbered"
     small = build_trie(["bat", "cat", "hat"], ENGLISH)
-    assert len(small.final) == 4 and small.n_arcs == 5, "shared suffix states merged"
-    # labels are alphabet index + 1 (0 is epsilon), as Scorer::setup_char_map makes them
+    assert len(small.final) == 5 and small.n_arcs == 6, "shared suffix states merged"
+    # labels are alphabet index + 1 (0 is epsilon), as Scorer::setup_char_map makes them,
+    # and every word ends with the space's label (add_word_to_dictionary appends it)
     assert sorted(lb for lb, _ in small.arcs[0]) == [3, 4, 9]
+    assert small.arcs[3] == [(1, 4)] and small.final == [False] * 4 + [True]
 
     for offset in (0, 7, 25, 4093):
         data = b"x" * offset + const_fst_bytes(trie, offset)
@@ -58,17 +60,19 @@ def test_const_fst_binary_layout():
     version, flags, props, start, n_states, n_arcs = struct.unpack_from("<iiQqqq", data, 25)
     assert (version, flags, start) == (1, 4, 0), "aligned ConstFst version 1, IS_ALIGNED"
     assert props & 0x10000000 and props & 0x1, "kILabelSorted and kExpanded"
-    assert (n_states, n_arcs) == (3, 3)  # start -a-> x -b-> final; start -b-> final
+    # "ab " and "b ": start -a-> x -b-> y -space-> final, start -b-> y
+    assert (n_states, n_arcs) == (4, 4)
     header_end = 25 + 4 + 4 + 8 + 8 + 8 + 8
     states_at = header_end + (-(offset + header_end) % 16)
     assert (offset + states_at) % 16 == 0 and set(data[header_end:states_at]) <= {0}
-    states = [struct.unpack_from("<fIIII", data, states_at + 20 * i) for i in range(3)]
+    states = [struct.unpack_from("<fIIII", data, states_at + 20 * i) for i in range(4)]
     assert states[0] == (math.inf, 0, 2, 0, 0), "start: not final, two arcs from 0"
     assert [s[0] for s in states].count(0.0) == 1, "one final state, weight One() = 0"
-    arcs_at = states_at + 60 + (-(offset + states_at + 60) % 16)
-    arcs = [struct.unpack_from("<iifi", data, arcs_at + 16 * i) for i in range(3)]
+    arcs_at = states_at + 80 + (-(offset + states_at + 80) % 16)
+    arcs = [struct.unpack_from("<iifi", data, arcs_at + 16 * i) for i in range(4)]
     assert arcs[0][:3] == (2, 2, 0.0) and arcs[1][:3] == (3, 3, 0.0), "a=2, b=3: sorted"
-    assert len(data) == arcs_at + 48
+    assert arcs[3][:3] == (1, 1, 0.0), "the space (label 1) ends every word"
+    assert len(data) == arcs_at + 64
 
 
 def test_package_header_follows_the_kenlm_data():
