@@ -244,3 +244,34 @@ def test_evaluate_reads_a_deepspeech_checkpoint_and_training_never_writes_into_i
     with pytest.raises(CheckpointError, match="--load_checkpoint_dir"):
         train(features, cfg.model, cfg.features, cfg.training, directory)
     assert sorted(p.name for p in directory.iterdir()) == before, "nothing written into it"
+
+
+def test_training_starts_from_a_deepspeech_checkpoint(tmp_path, tiny_cv):
+    """--load_checkpoint_dir with DeepSpeech's checkpoint: every layer, a fresh Adam."""
+    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.training import train
+    from tests.conftest import tiny_config
+
+    values = deepspeech_variables(np.random.default_rng(10), ENGLISH.n_classes, FUSED_CELL)
+    directory = write_tf1_checkpoint(tmp_path / "deepspeech-0.9.3-checkpoint", values)
+    cfg = tiny_config(
+        tmp_path / "work",
+        tiny_cv,
+        n_hidden=N_HIDDEN,
+        epochs=1,
+        learning_rate=1e-12,  # keeps the loaded weights (to float precision)
+        load_checkpoint_dir=str(directory),
+    )
+    corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir, directory / "alphabet.txt")
+    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    manifest = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    assert manifest.initialized_from == directory
+    model, spec, _ = load_model(cfg.checkpoint_dir, "last")
+    assert spec.alphabet == ENGLISH
+    np.testing.assert_allclose(
+        model.get_layer("layer_2").get_weights()[0], values["layer_2/weights"], atol=1e-6
+    )
+    kernel = model.get_layer("lstm").get_weights()[1]  # recurrent kernel, gates reordered
+    i, j, f, o = np.split(values[f"{FUSED_CELL}/kernel"][N_HIDDEN:], 4, axis=1)
+    np.testing.assert_allclose(kernel, np.concatenate([i, f, j, o], axis=1), atol=1e-6)
