@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup system-deps demo test bench lint clean lock serve stop deepspeech-clients
+.PHONY: setup system-deps demo test bench lint clean lock serve stop deepspeech-clients kenlm
 
 setup: system-deps $(STAMP)
 
@@ -30,6 +30,34 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    sox libsox-fmt-mp3 espeak-ng g++ make zlib1g-dev >/dev/null; \
 	fi
+	@if command -v cmake >/dev/null && [ -f /usr/include/boost/program_options.hpp ] \
+	    && [ -f /usr/include/boost/thread.hpp ] && [ -d /usr/include/eigen3 ]; then \
+	  echo "system packages: cmake, boost, eigen present (KenLM's build_binary, lmplz)"; \
+	else \
+	  echo "installing cmake and boost (KenLM's build_binary and lmplz build from source)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    cmake libboost-program-options-dev libboost-system-dev libboost-thread-dev \
+	    libboost-test-dev libeigen3-dev libbz2-dev liblzma-dev >/dev/null; \
+	fi
+
+# KenLM's build_binary and lmplz (what DeepSpeech's generate_lm.py runs), compiled once
+# from the kenlm source distribution on PyPI into .cache/ (2 targets, -j2: ~2 min).
+# `build-lm --scorer` finds them there.
+KENLM_VERSION := 0.3.0
+KENLM_SRC := .cache/kenlm-$(KENLM_VERSION)
+KENLM_BIN := $(KENLM_SRC)/build/bin
+
+kenlm: $(KENLM_BIN)/build_binary
+
+$(KENLM_BIN)/build_binary: | $(STAMP)
+	@mkdir -p .cache
+	$(BIN)/pip download -q --no-deps --no-binary kenlm "kenlm==$(KENLM_VERSION)" -d .cache
+	tar xzf .cache/kenlm-$(KENLM_VERSION).tar.gz -C .cache
+	cmake -S $(KENLM_SRC) -B $(KENLM_SRC)/build -DCMAKE_BUILD_TYPE=Release \
+	  -DCOMPILE_TESTS=OFF -DENABLE_PYTHON=OFF >/dev/null
+	cmake --build $(KENLM_SRC)/build --target build_binary lmplz -j2 >/dev/null
+	@test -x $@ && echo "KenLM tools: $(KENLM_BIN)/{build_binary,lmplz}"
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -42,7 +70,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps "pyctcdecode==$(PYCTCDECODE_VERSION)"
 	touch $(STAMP)
 
-demo: setup
+demo: setup kenlm
 	@start=$$(date +%s); \
 	$(BIN)/deepspeech-flow make-demo-corpus $(DEMO_DIR)/cv --count 400 && \
 	$(BIN)/deepspeech-flow run --corpus $(DEMO_DIR)/cv/en --workdir $(DEMO_DIR)/work \
@@ -59,7 +87,7 @@ deepspeech-clients: $(STAMP)
 
 # A fixed order on CI (-p no:randomly); `$(BIN)/pytest -p randomly` shuffles (tests must
 # pass in any order: each sets up what it needs).
-test: setup deepspeech-clients
+test: setup kenlm deepspeech-clients
 	$(BIN)/pytest -q -p no:randomly
 
 bench: setup

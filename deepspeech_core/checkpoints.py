@@ -21,6 +21,15 @@ import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet, alphabet_from_record
 from deepspeech_core.config import FeatureConfig, ModelConfig
+from deepspeech_core.deepspeech_checkpoint import (
+    DeepSpeechCheckpointError,
+    check_features,
+    checkpoint_alphabet,
+    is_deepspeech_checkpoint,
+    model_config_for,
+    read_weights,
+    set_weights,
+)
 from deepspeech_core.io_utils import atomic_write_json, read_json_or_none
 from deepspeech_core.model import create_model, rng_variables
 from deepspeech_core.training_runs import (
@@ -127,16 +136,55 @@ def latest(checkpoint_dir: Path, which: str = "best") -> Path | None:
     return None
 
 
+def refuse_deepspeech_checkpoint_dir(checkpoint_dir: Path) -> None:
+    """Training never writes into a DeepSpeech checkpoint directory (it is the user's)."""
+    if read_spec(checkpoint_dir) is None and is_deepspeech_checkpoint(checkpoint_dir):
+        raise CheckpointError(
+            f"{checkpoint_dir} is a DeepSpeech checkpoint: training does not write into it. "
+            f"Start a training from it with --load_checkpoint_dir {checkpoint_dir} (and "
+            "--drop_source_layers 1 for a new alphabet), or evaluate it with "
+            "`evaluate --checkpoint_dir`"
+        )
+
+
+def load_deepspeech_model(
+    path: Path, alphabet: Alphabet | None = None, features: FeatureConfig | None = None
+) -> tuple[keras.Model, ModelSpec, Path]:
+    """Our model holding a DeepSpeech 0.9.x TF1 checkpoint's weights (every layer).
+
+    The dimensions come from the weights; the alphabet from the checkpoint's
+    alphabet.txt, else `alphabet` (--alphabet_config_path); the MFCC settings are ours
+    (DeepSpeech's defaults), checked against layer_1's input width.
+    """
+    try:
+        weights = read_weights(path)
+        features = features or FeatureConfig()
+        check_features(weights, features, path)
+        spec = ModelSpec(
+            checkpoint_alphabet(path, alphabet, weights.n_classes),
+            features,
+            model_config_for(weights, ModelConfig()),
+        )
+    except DeepSpeechCheckpointError as exc:
+        raise CheckpointError(str(exc)) from exc
+    model = spec.build()
+    set_weights(model, weights, list(LAYER_ORDER))
+    return model, spec, weights.prefix
+
+
 def load_model(
     checkpoint_dir: Path, which: str = "best", flag: str = "--checkpoint_dir"
 ) -> tuple[keras.Model, ModelSpec, Path]:
     """Rebuild the model from model.json and load weights (no optimizer, for inference).
 
-    `checkpoint_dir` is a training, or a directory of trainings (its newest is loaded).
+    `checkpoint_dir` is a training, or a directory of trainings (its newest is loaded);
+    a DeepSpeech 0.9.x checkpoint directory (TF1, with its alphabet.txt) loads too.
     """
     if is_trainings_root(checkpoint_dir):
         checkpoint_dir = resolve_trained(checkpoint_dir, flag)
     spec = read_spec(checkpoint_dir)
+    if spec is None and is_deepspeech_checkpoint(checkpoint_dir):
+        return load_deepspeech_model(checkpoint_dir)
     prefix = latest(checkpoint_dir, which)
     if spec is None or prefix is None:
         raise CheckpointError(no_trained_model_message(checkpoint_dir, flag))
@@ -169,9 +217,16 @@ def transfer_weights(
     """Copy a trained model's layers into `target`, except the last `drop_source_layers`.
 
     A different alphabet changes the output layer, so it must be dropped (at least 1).
+    `source_dir` is one of our trainings or exports, or a DeepSpeech 0.9.x checkpoint
+    (whose alphabet is its alphabet.txt, else the target's: --alphabet_config_path).
     Returns the names of the layers copied.
     """
-    source, source_spec, prefix = load_model(source_dir, "best", "--load_checkpoint_dir")
+    if read_spec(source_dir) is None and is_deepspeech_checkpoint(source_dir):
+        source, source_spec, _ = load_deepspeech_model(
+            source_dir, target_spec.alphabet, target_spec.features
+        )
+    else:
+        source, source_spec, _ = load_model(source_dir, "best", "--load_checkpoint_dir")
     a, b = source_spec.architecture(), target_spec.architecture()
     mismatch = {k: (a[k], b[k]) for k in a if k != "alphabet" and a[k] != b[k]}
     if mismatch:

@@ -181,6 +181,12 @@ class TrainingConfig(_Section):
         return specs
 
 
+# DeepSpeech 0.9.3's --lm_alpha/--lm_beta defaults (used when neither the flags, a
+# tune-lm result nor the .scorer package give them).
+DEEPSPEECH_LM_ALPHA = 0.931289039105002
+DEEPSPEECH_LM_BETA = 1.1834137581510284
+
+
 class DecoderConfig(_Section):
     """How logits become text (DeepSpeech's decoder flags and defaults)."""
 
@@ -188,10 +194,20 @@ class DecoderConfig(_Section):
         1024, ge=1, description="CTC beam width; 1 = greedy best-path decoding."
     )
     scorer_path: Path | None = Field(
-        None, description="KenLM language model (ARPA or KenLM binary) for the beam search."
+        None,
+        description="Language model for the beam search: a DeepSpeech .scorer package, a "
+        "KenLM binary or an ARPA file.",
     )
-    lm_alpha: float = Field(0.931289039105002, description="Language model weight.")
-    lm_beta: float = Field(1.1834137581510284, description="Word insertion bonus.")
+    lm_alpha: float | None = Field(
+        None,
+        description="Language model weight; unset: tune-lm's for this scorer, else the "
+        f".scorer's default, else DeepSpeech's {DEEPSPEECH_LM_ALPHA:.3f}.",
+    )
+    lm_beta: float | None = Field(
+        None,
+        description="Word insertion bonus; unset: tune-lm's for this scorer, else the "
+        f".scorer's default, else DeepSpeech's {DEEPSPEECH_LM_BETA:.3f}.",
+    )
 
 
 class EvaluationConfig(DecoderConfig):

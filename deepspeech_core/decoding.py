@@ -3,9 +3,10 @@
 Decoders take one utterance's logits [time, classes] (the blank is the last class, as in
 DeepSpeech) and return text. Greedy is the best path (argmax per frame); LM-free beam
 search is TensorFlow's `tf.nn.ctc_beam_search_decoder`; with a language model the beam
-search is pyctcdecode's over a KenLM model (an ARPA file or a KenLM binary), with
-DeepSpeech's lm_alpha/lm_beta meaning: score = log P(acoustic) + alpha * ln P_LM(words)
-+ beta * words.
+search is pyctcdecode's over a KenLM model (a DeepSpeech .scorer package, an ARPA file
+or a KenLM binary), with DeepSpeech's lm_alpha/lm_beta meaning: score = log P(acoustic)
++ alpha * ln P_LM(words) + beta * words. A .scorer's vocabulary trie gives the word list
+(partial words are scored against it) and its header the default alpha and beta.
 
 In bytes output mode the decoders work on bytes and return the UTF-8 text they spell
 (invalid sequences replaced, never an error); the word language model scores the
@@ -23,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet, text_from_label_string
-from deepspeech_core.config import DecoderConfig
+from deepspeech_core.config import DEEPSPEECH_LM_ALPHA, DEEPSPEECH_LM_BETA, DecoderConfig
+from deepspeech_core.scorer_package import ScorerError, is_scorer_package, read_scorer
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,32 @@ class BeamSearchDecoder:
         return self.alphabet.decode(int(v) for v in decoded[0].values.numpy())
 
 
+def _unigrams(scorer_path: Path, alphabet: Alphabet):
+    """(vocabulary or None, (alpha, beta) of a .scorer's header or None)."""
+    from pyctcdecode.language_model import load_unigram_set_from_arpa
+
+    if is_scorer_package(scorer_path):
+        try:
+            package = read_scorer(scorer_path)
+            return package.words(alphabet), (package.alpha, package.beta)
+        except ScorerError as e:
+            raise DecoderError(f"--scorer_path {scorer_path}: {e}") from e
+    if _is_arpa(scorer_path):
+        return sorted(load_unigram_set_from_arpa(str(scorer_path))), None
+    log.warning(
+        "%s is a KenLM binary: without the ARPA's word list (or a .scorer's trie) partial "
+        "words are not scored against the vocabulary (pass a .scorer or the ARPA for the "
+        "best accuracy)",
+        scorer_path,
+    )
+    return None, None
+
+
 class LMBeamSearchDecoder:
-    """pyctcdecode's beam search over a KenLM model (ARPA text or KenLM binary)."""
+    """pyctcdecode's beam search over a KenLM model (.scorer, ARPA or KenLM binary).
+
+    alpha/beta None: the .scorer's defaults, else DeepSpeech's (as DeepSpeech 0.9.3).
+    """
 
     name = "beam+lm"
 
@@ -84,14 +110,13 @@ class LMBeamSearchDecoder:
         alphabet: Alphabet,
         scorer_path: Path,
         beam_width: int,
-        alpha: float,
-        beta: float,
+        alpha: float | None = None,
+        beta: float | None = None,
     ) -> None:
         import kenlm
         from pyctcdecode import Alphabet as LabelSet
         from pyctcdecode import BeamSearchDecoderCTC, LanguageModel
         from pyctcdecode.alphabet import verify_alphabet_coverage
-        from pyctcdecode.language_model import load_unigram_set_from_arpa
 
         scorer_path = Path(scorer_path)
         if not scorer_path.is_file():
@@ -102,30 +127,32 @@ class LMBeamSearchDecoder:
             language_model = kenlm.Model(str(scorer_path))
         except (OSError, RuntimeError) as e:
             raise DecoderError(
-                f"--scorer_path {scorer_path} is not an ARPA file or a KenLM binary ({e}). "
-                "A DeepSpeech .scorer package wraps a KenLM binary with a trie: pass the "
-                "lm.binary (or the ARPA) that generate_lm.py made instead."
+                f"--scorer_path {scorer_path} is not a .scorer package, an ARPA file or a "
+                f"KenLM binary ({e}): pass DeepSpeech's .scorer, or the lm.binary or ARPA "
+                "that generate_lm.py or build-lm made"
             ) from e
         labels = LabelSet.build_alphabet([*alphabet.characters, ""])
-        unigrams = None
+        unigrams, defaults = _unigrams(scorer_path, alphabet)
         if alphabet.bytes_output_mode:
             language_model = _BytesWordModel(language_model)
-        if _is_arpa(scorer_path):
-            unigrams = load_unigram_set_from_arpa(str(scorer_path))
-            if alphabet.bytes_output_mode:
+            if unigrams is not None:
                 unigrams = [_byte_string(w) for w in unigrams]
+        if unigrams is not None:
             verify_alphabet_coverage(labels, unigrams)
-        else:
-            log.warning(
-                "%s is a KenLM binary: without the ARPA's word list partial words are not "
-                "scored against the vocabulary (pass the ARPA for the best accuracy)",
-                scorer_path,
-            )
+        default_alpha, default_beta = defaults or (DEEPSPEECH_LM_ALPHA, DEEPSPEECH_LM_BETA)
+        alpha = default_alpha if alpha is None else alpha
+        beta = default_beta if beta is None else beta
+        self.alpha, self.beta = alpha, beta
         self.beam_width = beam_width
         self.alphabet = alphabet
         self._decoder = BeamSearchDecoderCTC(
             labels, LanguageModel(language_model, unigrams, alpha=alpha, beta=beta)
         )
+
+    def set_weights(self, alpha: float, beta: float) -> None:
+        """New lm_alpha/lm_beta without reloading the model (tune-lm's trials)."""
+        self._decoder.reset_params(alpha=alpha, beta=beta)
+        self.alpha, self.beta = alpha, beta
 
     def decode(self, logits: np.ndarray) -> str:
         text = self._decoder.decode(

@@ -187,6 +187,8 @@ def evaluate(
             "decoder": decoder.name,
             "beam_width": cfg.beam_width,
             "scorer_path": str(cfg.scorer_path) if cfg.scorer_path else None,
+            "lm_alpha": getattr(decoder, "alpha", None),
+            "lm_beta": getattr(decoder, "beta", None),
             "per_file": {k: v.model_dump() for k, v in files.items()},
             "by_duration": {k: v.model_dump() for k, v in durations.items()},
             "examples": examples,

@@ -27,6 +27,7 @@ from deepspeech_core.checkpoints import (
     ModelSpec,
     check_compatible,
     read_spec,
+    refuse_deepspeech_checkpoint_dir,
     tracked_state,
     transfer_weights,
     write_spec,
@@ -199,6 +200,7 @@ def train(
     `nvml` is the NVML module of the GPU monitor (default: pynvml, when installed).
     """
     checkpoint_dir = Path(checkpoint_dir)
+    refuse_deepspeech_checkpoint_dir(checkpoint_dir)
     # MultiWorkerMirroredStrategy must exist before TensorFlow initialises its devices.
     early = (
         tf.distribute.MultiWorkerMirroredStrategy() if cfg.distribute == "multi_worker" else None

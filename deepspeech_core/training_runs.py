@@ -33,11 +33,15 @@ class NoTrainedModelError(ValueError):
 
 
 def has_trained_model(checkpoint_dir: Path) -> bool:
-    """True when `checkpoint_dir` holds a model description and at least one checkpoint."""
+    """True when `checkpoint_dir` holds a model description and at least one checkpoint,
+    or is a DeepSpeech 0.9.x checkpoint directory (evaluated as it is)."""
+    from deepspeech_core.deepspeech_checkpoint import is_deepspeech_checkpoint
+
     d = Path(checkpoint_dir)
-    return (d / "model.json").is_file() and any(
+    ours = (d / "model.json").is_file() and any(
         (d / sub / "checkpoint").is_file() for sub in ("best", "train")
     )
+    return ours or is_deepspeech_checkpoint(d)
 
 
 def training_data_fingerprint(features: FeatureCacheManifest) -> str:

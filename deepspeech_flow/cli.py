@@ -345,18 +345,53 @@ def status_command(
     typer.echo(status.model_dump_json(indent=2) if json_output else status_text(status))
 
 
-@_command("build-lm", help="Build a word n-gram language model (ARPA) for --scorer_path.")
-def build_lm(
-    sources: Annotated[
-        list[Path],
-        typer.Argument(help="Text files (a sentence per line) or CSVs with a transcript column."),
-    ],
-    out: Annotated[Path, _opt("out", help="The ARPA file to write.")],
-    order: Annotated[int, _opt("order", help="n-gram order.")] = 3,
-) -> None:
-    import pandas as pd
+def _tune_lm_command(**options) -> None:
+    from flows.tune_lm import tune_lm_flow
 
-    from deepspeech_core.language_model import write_arpa
+    config_file = options.pop("config")
+    options.pop("retrain_from")
+    search = {k: options.pop(k) for k in ("n_trials", "lm_alpha_max", "lm_beta_max")}
+    try:
+        cfg = build_config(config_file, _flag_values(options))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if cfg.evaluation.scorer_path is None:
+        raise typer.BadParameter("give the scorer to tune", param_hint="--scorer_path")
+    result = tune_lm_flow(config=cfg, **search)
+    typer.echo(
+        f"best lm_alpha {result.lm_alpha:.4f}, lm_beta {result.lm_beta:.4f}: {result.split} "
+        f"WER {result.wer:.4f}, CER {result.cer:.4f} ({len(result.trials)} trials, "
+        f"{result.clips} clips)"
+    )
+    typer.echo(f"saved to {cfg.resolved().workdir / 'reports' / 'lm_tuning.json'}")
+
+
+_TUNE_OPTIONS = {
+    "n_trials": (int, 2400, "Trials of the search (DeepSpeech's --n_trials)."),
+    "lm_alpha_max": (float, 5.0, "Largest lm_alpha tried (DeepSpeech's --lm_alpha_max)."),
+    "lm_beta_max": (float, 5.0, "Largest lm_beta tried (DeepSpeech's --lm_beta_max)."),
+}
+_tune_lm_command.__signature__ = inspect.Signature(
+    _stage_parameters()
+    + [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=default,
+            annotation=Annotated[kind, _opt(name, help=f"{text} [{default}]")],
+        )
+        for name, (kind, default, text) in _TUNE_OPTIONS.items()
+    ]
+)
+_command(
+    "tune-lm",
+    help="Search lm_alpha/lm_beta for --scorer_path on the dev set (DeepSpeech's "
+    "lm_optimizer.py); the next evaluation and build-lm --scorer use the best pair.",
+)(_tune_lm_command)
+
+
+def _read_sentences(sources: list[Path]) -> list[str]:
+    import pandas as pd
 
     sentences: list[str] = []
     for path in sources:
@@ -366,9 +401,100 @@ def build_lm(
             sentences += [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not sentences:
         raise typer.BadParameter("no sentences in the given files", param_hint="SOURCES")
-    write_arpa(sentences, out, order)
+    return sentences
+
+
+def _scorer_weights(
+    default_alpha: float | None, default_beta: float | None, workdir: Path | None
+) -> tuple[float, float, str]:
+    """The package's default alpha/beta: the flags, else tune-lm's, else DeepSpeech's."""
+    from deepspeech_core import lm_tuning
+    from deepspeech_core.config import DEEPSPEECH_LM_ALPHA, DEEPSPEECH_LM_BETA
+
+    tuned = lm_tuning.load(workdir) if workdir is not None else None
+    source = "DeepSpeech's defaults"
+    alpha, beta = DEEPSPEECH_LM_ALPHA, DEEPSPEECH_LM_BETA
+    if tuned is not None:
+        alpha, beta, source = tuned.lm_alpha, tuned.lm_beta, f"tune-lm ({workdir})"
+    if default_alpha is not None or default_beta is not None:
+        source = "given"
+    alpha = alpha if default_alpha is None else default_alpha
+    beta = beta if default_beta is None else default_beta
+    return alpha, beta, source
+
+
+@_command(
+    "build-lm",
+    help="Build a word n-gram language model: an ARPA (--out) and/or a DeepSpeech .scorer "
+    "package (--scorer) that --scorer_path and DeepSpeech 0.9.3 clients load.",
+)
+def build_lm(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="Text files (a sentence per line) or CSVs with a transcript column."),
+    ],
+    out: Annotated[Path | None, _opt("out", help="The ARPA file to write.")] = None,
+    scorer: Annotated[
+        Path | None, _opt("scorer", help="The .scorer package to write (needs `make kenlm`).")
+    ] = None,
+    order: Annotated[int, _opt("order", help="n-gram order.")] = 3,
+    alphabet_config_path: Annotated[
+        Path | None,
+        _opt(
+            "alphabet_config_path",
+            help="The model's alphabet.txt, for the scorer's vocabulary trie "
+            "[WORKDIR/corpus/alphabet.txt with --workdir].",
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        _opt("workdir", help="Take the alphabet and tune-lm's alpha/beta from this workdir."),
+    ] = None,
+    default_alpha: Annotated[
+        float | None,
+        _opt("default_alpha", help="The scorer's default lm_alpha [tune-lm's, else 0.931]."),
+    ] = None,
+    default_beta: Annotated[
+        float | None,
+        _opt("default_beta", help="The scorer's default lm_beta [tune-lm's, else 1.183]."),
+    ] = None,
+) -> None:
+    import tempfile
+
+    from deepspeech_core.alphabet import Alphabet
+    from deepspeech_core.kenlm_tools import KenLMToolError, write_scorer
+    from deepspeech_core.language_model import write_arpa
+    from deepspeech_core.scorer_package import ScorerError
+
+    if out is None and scorer is None:
+        raise typer.BadParameter("give --out (ARPA), --scorer (.scorer) or both")
+    sentences = _read_sentences(sources)
     words = len({w for s in sentences for w in s.split()})
-    typer.echo(f"{out}: {order}-gram model of {len(sentences)} sentences, {words} words")
+    if out is not None:
+        write_arpa(sentences, out, order)
+        typer.echo(f"{out}: {order}-gram model of {len(sentences)} sentences, {words} words")
+    if scorer is None:
+        return
+    if alphabet_config_path is None and workdir is not None:
+        alphabet_config_path = workdir / "corpus" / "alphabet.txt"
+    if alphabet_config_path is None or not alphabet_config_path.is_file():
+        raise typer.BadParameter(
+            f"the model's alphabet is needed for the scorer's vocabulary ({alphabet_config_path}"
+            " not found): give --alphabet_config_path, or --workdir of the training",
+            param_hint="--alphabet_config_path",
+        )
+    alpha, beta, source = _scorer_weights(default_alpha, default_beta, workdir)
+    with tempfile.TemporaryDirectory() as tmp:
+        arpa = out or write_arpa(sentences, Path(tmp) / "lm.arpa", order)
+        try:
+            n_words = write_scorer(arpa, scorer, Alphabet.load(alphabet_config_path), alpha, beta)
+        except (KenLMToolError, ScorerError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from exc
+    typer.echo(
+        f"{scorer}: DeepSpeech 0.9.3 scorer package, {order}-gram, {n_words} words in its "
+        f"vocabulary, default lm_alpha {alpha:.4f}, lm_beta {beta:.4f} ({source})"
+    )
 
 
 @_command("make-demo-corpus", help="Speak a small Common Voice-style corpus with espeak-ng.")

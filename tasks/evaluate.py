@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
 from deepspeech_core.evaluation import evaluate
+from deepspeech_core.lm_tuning import with_tuned_weights
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, Metrics
 from tasks.reporting import core_logs_to_run_log
 from tasks.retry import retry_unless_expected
@@ -63,9 +64,8 @@ def evaluate_model_task(
     if label != "model":
         reports = reports / label
     with core_logs_to_run_log():
-        manifest = evaluate(
-            features, checkpoint_dir or config.checkpoint_dir, config.evaluation, reports
-        )
+        decoder = with_tuned_weights(config.evaluation, config.workdir)  # tune-lm's, if any
+        manifest = evaluate(features, checkpoint_dir or config.checkpoint_dir, decoder, reports)
     key = "evaluation" if label == "model" else f"evaluation-{label}"
     create_markdown_artifact(
         key=key, markdown=evaluation_markdown(manifest), description=f"Evaluation ({label})"

@@ -23,10 +23,15 @@ def alphabet_for(config: PipelineConfig, from_current_export: bool = True) -> Pa
     A model fixes the characters it can write, so continuing it (a checkpoint directory
     given by the user, or the exported model a retraining warm-starts from) must not
     derive a different alphabet from new data; a training from scratch derives its own.
+    Fine-tuning (--load_checkpoint_dir without --drop_source_layers, e.g. DeepSpeech's
+    release checkpoint) keeps the source model's alphabet.
     """
     if config.corpus.alphabet_config_path is not None:
         return config.corpus.alphabet_config_path
     candidates = [config.checkpoint_dir / "alphabet.txt"]
+    source = config.training.load_checkpoint_dir
+    if source is not None and config.training.drop_source_layers == 0:
+        candidates.append(source / "alphabet.txt")
     current = export_store.current(config.export_dir)
     if from_current_export and current is not None:
         candidates.append(current / "alphabet.txt")
