@@ -34,6 +34,9 @@ _KINDS: dict[str, ErrorKind] = {
     "yaml.error.YAMLError": ErrorKind.CONFIG,
     "deepspeech_flow.errors.ConfigError": ErrorKind.CONFIG,
     "deepspeech_core.overlap.OverlapError": ErrorKind.CONFIG,
+    "deepspeech_core.scorer_package.ScorerError": ErrorKind.CONFIG,
+    "deepspeech_core.kenlm_tools.KenLMToolError": ErrorKind.CONFIG,
+    "deepspeech_core.lm_tuning.LMTuningError": ErrorKind.CONFIG,
     "deepspeech_core.locking.LockUnsupportedError": ErrorKind.CONFIG,
     "deepspeech_core.corpus.CorpusError": ErrorKind.DATA,
     "deepspeech_core.tables.TableError": ErrorKind.DATA,
@@ -44,11 +47,15 @@ _KINDS: dict[str, ErrorKind] = {
     "deepspeech_core.locking.LockedError": ErrorKind.BUSY,
     "deepspeech_core.checkpoints.CheckpointError": ErrorKind.CHECKPOINT,
     "deepspeech_core.training_runs.NoTrainedModelError": ErrorKind.CHECKPOINT,
+    "deepspeech_core.deepspeech_checkpoint.DeepSpeechCheckpointError": ErrorKind.CHECKPOINT,
     "deepspeech_core.training_state.CheckpointStateError": ErrorKind.CHECKPOINT,
     "deepspeech_core.devices.DeviceError": ErrorKind.DEVICE,
     "deepspeech_core.training.TrainingError": ErrorKind.TRAINING,
     "deepspeech_core.export_store.ExportStoreError": ErrorKind.EXPORT,
     "deepspeech_core.tflite_export.TFLiteMismatchError": ErrorKind.EXPORT,
+    "deepspeech_core.deepspeech_export.DeepSpeechExportError": ErrorKind.EXPORT,
+    "deepspeech_core.deepspeech_client.ClientError": ErrorKind.EXPORT,
+    "deepspeech_core.deepspeech_client.ClientUnavailableError": ErrorKind.EXPORT,
 }
 
 
