@@ -229,7 +229,10 @@ from deepspeech_core.corpus import validate_corpus
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 cfg = CorpusConfig(train_files=[Path(sys.argv[1])], import_workers=1)
 validate_corpus(cfg, FeatureConfig(), Path(sys.argv[2]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB
+# VmHWM, not ru_maxrss: the kernel carries the parent's peak into ru_maxrss across the
+# vfork+exec that started this process (a pytest holding models reads as gigabytes)
+status = Path("/proc/self/status").read_text()
+print(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))  # KiB
 """
 
 
