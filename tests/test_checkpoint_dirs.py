@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deepspeech_core.checkpoints import load_model
+from deepspeech_core.error_kinds import ErrorKind
 from deepspeech_core.training_runs import (
     NoTrainedModelError,
     checkpoint_dir_for,
@@ -81,8 +82,10 @@ def test_evaluate_and_export_without_a_model_fail_at_once_and_train_nothing(
 ):
     workdir = tmp_path / "work"
     result = CliRunner().invoke(app, [command, "--corpus", str(tiny_cv), "--workdir", str(workdir)])
-    assert isinstance(result.exception, NoTrainedModelError), result.output
-    assert "Train one first" in str(result.exception)
+    # one line, the checkpoint kind's exit code (deepspeech_flow.errors), no traceback
+    assert result.exit_code == ErrorKind.CHECKPOINT, result.output
+    assert "error: no trained model in" in result.output and "Train one first" in result.output
+    assert "Traceback" not in result.output
     assert not (workdir / "checkpoints").exists()
     assert not (workdir / "corpus").exists(), "it says so before importing anything"
 

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from deepspeech_core.config import CorpusConfig, FeatureConfig
 from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.error_kinds import ErrorKind
 from deepspeech_core.overlap import OverlapError, check_inputs_outside_outputs
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # noqa: F401 - Prefect's logging set up outside CliRunner
@@ -96,6 +97,6 @@ def test_the_cli_says_what_to_do(tmp_path):
             str(workdir),
         ],
     )
-    assert isinstance(result.exception, OverlapError)
-    assert "Copy it out of there" in str(result.exception)
+    assert result.exit_code == ErrorKind.CONFIG, result.output
+    assert "error: --test_files" in result.output and "Copy it out of there" in result.output
     assert (workdir / "corpus" / "test.csv").read_text() == CSV

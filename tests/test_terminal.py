@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import deepspeech_flow.cli as cli
 from deepspeech_core import progress
 from deepspeech_core.augmentation import OnSignal, augment_clip, parse_augmentation
 from deepspeech_core.error_kinds import ErrorKind
+from deepspeech_core.locking import workdir_lock
 from deepspeech_flow.config_loading import FLAG_FIELDS
 from deepspeech_flow.progress_display import StageBars
 
@@ -125,9 +125,8 @@ def test_unreadable_csv_and_missing_columns(tmp_path, no_flow):
 def test_busy_workdir_is_one_line_with_the_holder(tmp_path, tiny_csv, no_flow):
     workdir = tmp_path / "w"
     workdir.mkdir()
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    (workdir / "run.lock").write_text(__import__("json").dumps(holder))
-    code, out = _run_cli(["run", "--train_files", str(tiny_csv), "--workdir", str(workdir)])
+    with workdir_lock(workdir):  # a run in progress there (held by this process)
+        code, out = _run_cli(["run", "--train_files", str(tiny_csv), "--workdir", str(workdir)])
     assert code == ErrorKind.BUSY
     line = _one_line_error(out)
     assert f"pid {os.getpid()}" in line and "use another --workdir" in line
