@@ -170,12 +170,20 @@ def make_demo_corpus(
         "test": rows[:n_test],
         "dev": rows[n_test : n_test + n_dev],
         "train": rows[n_test + n_dev :],
-        "validated": rows,
-        "invalidated": [],
-        "other": [],
     }
-    for name, split_rows in splits.items():
-        pd.DataFrame(split_rows, columns=CV_COLUMNS).to_csv(
+    return write_release_tables(locale_dir, splits)
+
+
+def write_release_tables(locale_dir: Path, splits: dict[str, list[dict]]) -> Path:
+    """train/dev/test.tsv as Common Voice writes them, plus its other tables.
+
+    `validated.tsv` holds every row of the splits; `invalidated.tsv` and `other.tsv` are
+    written empty, so the layout is a release's.
+    """
+    every_row = [row for rows in splits.values() for row in rows]
+    tables = {**splits, "validated": every_row, "invalidated": [], "other": []}
+    for name, rows in tables.items():
+        pd.DataFrame(rows, columns=CV_COLUMNS).to_csv(
             locale_dir / f"{name}.tsv", sep="\t", index=False
         )
     return locale_dir

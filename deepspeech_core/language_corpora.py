@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from deepspeech_core.demo_corpus import CV_COLUMNS, Utterance, _require, _speak
+from deepspeech_core.demo_corpus import Utterance, _require, _speak, write_release_tables
 
 
 @dataclass(frozen=True)
@@ -180,12 +179,5 @@ def make_language_corpus(
         "train": rows[:n_train],
         "dev": rows[n_train : n_train + dev],
         "test": rows[n_train + dev :],
-        "validated": rows,
-        "invalidated": [],
-        "other": [],
     }
-    for name, split_rows in splits.items():
-        pd.DataFrame(split_rows, columns=CV_COLUMNS).to_csv(
-            locale_dir / f"{name}.tsv", sep="\t", index=False
-        )
-    return locale_dir
+    return write_release_tables(locale_dir, splits)
