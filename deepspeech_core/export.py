@@ -75,7 +75,8 @@ def write_saved_model(model: keras.Model, spec: ModelSpec, path: Path) -> None:
     """The SavedModel with its audio, int16 audio and features signatures.
 
     A plain tf.Module tracking the model's variables once: Keras's ExportArchive stored
-    every weight twice (twice the size on disk, 378 MB instead of 189 at n_hidden 2048).
+    every weight twice, twice the size on disk (docs/PERFORMANCE.md, "Export and
+    transcription").
     """
     alphabet, features = spec.alphabet, spec.features
 

@@ -63,9 +63,9 @@ class StreamingGraph(tf.Module):
 
     The model's own layers and weights (no second copy of the maths): no dropout, layer
     norm when the model has it. The weights stay variables tracked by this module: the
-    converter then freezes them in a few seconds and ~2 GB at n_hidden 2048, where
-    188 MB of graph constants take ~50 s and ~8 GB; and saving refuses an untracked
-    variable loudly instead of converting a model without it.
+    converter then freezes them several times faster and in a quarter of the memory of
+    the same weights as graph constants (docs/PERFORMANCE.md, "TFLite conversion"); and
+    saving refuses an untracked variable loudly instead of converting a model without it.
     """
 
     def __init__(self, model: keras.Model, spec: ModelSpec, n_steps: int = N_STEPS) -> None:

@@ -5,7 +5,8 @@ Without PREFECT_API_URL, Prefect starts a temporary server (`uvicorn` running
 from an atexit hook. Two things go wrong with that: Ctrl-C in a terminal reaches the
 whole process group, so the server shuts down at the very moment the run needs it to
 record its checkpointed stop; and a command ended by SIGKILL (or by a second Ctrl-C)
-runs no atexit hook, so the server, about 230 MB, is left running, reparented to init.
+runs no atexit hook, so the server (a few hundred MB, docs/PERFORMANCE.md) is left
+running, reparented to init.
 
 So the command starts the same server itself: in a session of its own (terminal
 signals do not reach it) with a parent-death signal (the kernel stops it when the

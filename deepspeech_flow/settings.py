@@ -1,7 +1,7 @@
 """Process-wide defaults set before Prefect or TensorFlow is imported.
 
-Prefect's ephemeral server needs 10-16 s to start on a 2-core machine (its default
-timeout is shorter), analytics would try the network, and TensorFlow's C++ info logs
+Prefect's ephemeral server can take longer to start on a small machine than its
+default timeout allows (docs/PERFORMANCE.md, "Prefect server start"), analytics would try the network, and TensorFlow's C++ info logs
 drown the pipeline's own. Users' own settings always win (setdefault).
 """
 
