@@ -300,3 +300,8 @@ class PipelineConfig(_Section):
 
 Stage = Literal["validate", "features", "train", "evaluate", "export"]
 STAGES: tuple[Stage, ...] = ("validate", "features", "train", "evaluate", "export")
+
+
+def runs_stage(target: Stage, stage: Stage) -> bool:
+    """Does a run up to `target` include `stage`? (The stages run in STAGES' order.)"""
+    return STAGES.index(stage) <= STAGES.index(target)

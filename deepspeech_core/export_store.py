@@ -17,6 +17,7 @@ created with the umask's permissions, so the users who serve the model can read 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -50,6 +51,16 @@ def current(root: Path) -> Path | None:
     """The promoted version, or None before the first promotion."""
     link = Path(root) / CURRENT
     return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
+
+def exported_checkpoint(version: Path) -> str | None:
+    """The checkpoint an export version was made from, as its metadata.json records it."""
+    try:
+        metadata = json.loads((Path(version) / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    checkpoint = metadata.get("checkpoint") if isinstance(metadata, dict) else None
+    return str(checkpoint) if checkpoint is not None else None
 
 
 def clean_stale_staging(root: Path) -> int:

@@ -8,7 +8,9 @@ evaluated in the same run. Otherwise the new export is kept beside it, unpromote
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from deepspeech_core.export_store import exported_checkpoint
 from deepspeech_core.manifests import EvaluationManifest
 
 
@@ -16,6 +18,17 @@ from deepspeech_core.manifests import EvaluationManifest
 class Decision:
     promote: bool
     reason: str
+
+
+def is_already_current(current: Path | None, challenger: EvaluationManifest | None) -> bool:
+    """Was the current export made from the very checkpoint just evaluated?
+
+    Then there is nothing new to export: a rerun of a finished training must not add an
+    identical version (nor compare a model with itself).
+    """
+    if current is None or challenger is None:
+        return False
+    return exported_checkpoint(current) == str(challenger.checkpoint)
 
 
 def decide(

@@ -17,9 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any, Literal
 
 import pandas as pd
 
+from deepspeech_core import export_store
+from deepspeech_core.config import PipelineConfig
 from deepspeech_core.io_utils import text_sha256
 from deepspeech_core.manifests import FeatureCacheManifest
 
@@ -135,3 +138,107 @@ def no_trained_model_message(path: Path, flag: str = "--checkpoint_dir") -> str:
         f"...), or give {flag} a training directory (WORKDIR/checkpoints/<name>) or the "
         "directory holding them (WORKDIR/checkpoints: its newest training is used)."
     )
+
+
+# --- which training a run uses: decisions the train-cv flow only applies ----------------
+
+RetrainFrom = Literal["current", "scratch"]
+
+
+def with_training(config: PipelineConfig, **fields: Any) -> PipelineConfig:
+    """A copy of `config` with these training settings changed."""
+    training = config.training.model_copy(update=fields)
+    return config.model_copy(update={"training": training})
+
+
+def given_trainings_root(config: PipelineConfig) -> Path | None:
+    """The --checkpoint_dir when it names a directory of trainings rather than a training."""
+    given = config.training.checkpoint_dir
+    if given is not None and (given == config.workdir / "checkpoints" or is_trainings_root(given)):
+        return given
+    return None
+
+
+def resolve_trainings_roots(config: PipelineConfig, reuse_trained_model: bool) -> PipelineConfig:
+    """A parent `checkpoints/` directory given where a training is meant: its newest training.
+
+    For --load_checkpoint_dir always; for --checkpoint_dir when an existing model is
+    evaluated or exported (training into a parent trains into its subdirectory for the
+    data, see `run_checkpoint_dir`). Done before validation, which takes the alphabet
+    from the training. Raises NoTrainedModelError, before any work, when a model is to
+    be reused and there is none.
+    """
+    load = config.training.load_checkpoint_dir
+    if load is not None and is_trainings_root(load):
+        config = with_training(
+            config, load_checkpoint_dir=resolve_trained(load, "--load_checkpoint_dir")
+        )
+    if not reuse_trained_model:
+        return config
+    root = given_trainings_root(config)
+    if root is not None and is_trainings_root(root):
+        return with_training(config, checkpoint_dir=resolve_trained(root))
+    where = config.training.checkpoint_dir or config.workdir / "checkpoints"
+    if not (has_trained_model(where) or trainings(where)):
+        raise NoTrainedModelError(no_trained_model_message(where))
+    return config
+
+
+def run_checkpoint_dir(
+    config: PipelineConfig, features: FeatureCacheManifest, reuse_trained_model: bool
+) -> Path:
+    """The training's directory: the user's --checkpoint_dir, else one per training data.
+
+    A --checkpoint_dir that holds trainings (WORKDIR/checkpoints) is their root, as the
+    default is. A root that is itself a training is a work directory from before
+    per-data trainings: it is used as it is. Evaluating or exporting without training
+    data (e.g. only --test_files) uses the newest training under the root.
+    """
+    given = config.training.checkpoint_dir
+    if given is not None and given_trainings_root(config) is None:
+        return given
+    root = given or config.workdir / "checkpoints"
+    if has_trained_model(root):  # the older layout: one training directly in checkpoints/
+        return root
+    own = checkpoint_dir_for(root, features)
+    if reuse_trained_model and not has_trained_model(own):
+        return latest_trained(root) or own
+    return own
+
+
+def warm_start_source(config: PipelineConfig, retrain_from: RetrainFrom) -> Path | None:
+    """The exported model a new training starts from, or None (scratch, transfer, resume).
+
+    A new training (its checkpoint directory has no model yet) starts from the exported
+    model in use unless told to start from scratch or given --load_checkpoint_dir.
+    """
+    current = export_store.current(config.export_dir)
+    if (
+        retrain_from == "scratch"
+        or current is None
+        or config.training.load_checkpoint_dir is not None
+        or has_trained_model(config.checkpoint_dir)
+    ):
+        return None
+    return current / "checkpoint"
+
+
+def alphabet_for(config: PipelineConfig, from_current_export: bool = True) -> Path | None:
+    """The alphabet to validate against: the configured one, else an existing model's.
+
+    A model fixes the characters it can write, so continuing it (a checkpoint directory
+    given by the user, or the exported model a retraining warm-starts from) must not
+    derive a different alphabet from new data; a training from scratch derives its own.
+    Fine-tuning (--load_checkpoint_dir without --drop_source_layers, e.g. DeepSpeech's
+    release checkpoint) keeps the source model's alphabet.
+    """
+    if config.corpus.alphabet_config_path is not None:
+        return config.corpus.alphabet_config_path
+    candidates = [config.checkpoint_dir / "alphabet.txt"]
+    source = config.training.load_checkpoint_dir
+    if source is not None and config.training.drop_source_layers == 0:
+        candidates.append(source / "alphabet.txt")
+    current = export_store.current(config.export_dir)
+    if from_current_export and current is not None:
+        candidates.append(current / "alphabet.txt")
+    return next((p for p in candidates if p.is_file()), None)

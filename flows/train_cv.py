@@ -7,32 +7,30 @@ work directory is how an interrupted run is continued.
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from deepspeech_core import export_store, stopping
-from deepspeech_core.config import STAGES, PipelineConfig, Stage
+from deepspeech_core.config import PipelineConfig, Stage, runs_stage
 from deepspeech_core.locking import workdir_lock
-from deepspeech_core.manifests import FeatureCacheManifest, PipelineResult
+from deepspeech_core.manifests import PipelineResult
 from deepspeech_core.overlap import check_inputs_outside_outputs
-from deepspeech_core.promotion import comparison_markdown, decide
+from deepspeech_core.promotion import comparison_markdown, decide, is_already_current
 from deepspeech_core.stopping import StopRequested, stop_on_signals
 from deepspeech_core.training_runs import (
     NoTrainedModelError,
-    checkpoint_dir_for,
+    RetrainFrom,
     has_trained_model,
-    is_trainings_root,
-    latest_trained,
     no_trained_model_message,
-    resolve_trained,
-    trainings,
+    resolve_trainings_roots,
+    run_checkpoint_dir,
+    warm_start_source,
+    with_training,
 )
 from deepspeech_core.workdir_status import record_last_run
 from flows.stopping import stopped_run_state
@@ -41,8 +39,6 @@ from tasks.export import export_model_task
 from tasks.features import build_feature_cache_stage
 from tasks.train import train_model_task
 from tasks.validate import validate_corpus_task
-
-RetrainFrom = Literal["current", "scratch"]
 
 
 def with_overrides(
@@ -83,86 +79,12 @@ def _run_name() -> str:
     return f"train-cv-{source}-{datetime.now():%Y%m%d-%H%M}"
 
 
-def _with_training(config: PipelineConfig, **fields) -> PipelineConfig:
-    """A copy of `config` with these training settings changed."""
-    training = config.training.model_copy(update=fields)
-    return config.model_copy(update={"training": training})
-
-
-def _given_trainings_root(config: PipelineConfig) -> Path | None:
-    """The --checkpoint_dir when it names a directory of trainings rather than a training."""
-    given = config.training.checkpoint_dir
-    if given is not None and (given == config.workdir / "checkpoints" or is_trainings_root(given)):
-        return given
-    return None
-
-
-def _resolve_trainings_roots(config: PipelineConfig, reuse_trained_model: bool) -> PipelineConfig:
-    """A parent `checkpoints/` directory given where a training is meant: its newest training.
-
-    For --load_checkpoint_dir always; for --checkpoint_dir when an existing model is
-    evaluated or exported (training into a parent trains into its subdirectory for the
-    data, see `_checkpoint_dir`). Done before validation, which takes the alphabet from
-    the training.
-    """
-    load = config.training.load_checkpoint_dir
-    if load is not None and is_trainings_root(load):
-        config = _with_training(
-            config, load_checkpoint_dir=resolve_trained(load, "--load_checkpoint_dir")
-        )
-    if not reuse_trained_model:
-        return config
-    root = _given_trainings_root(config)
-    if root is not None and is_trainings_root(root):
-        return _with_training(config, checkpoint_dir=resolve_trained(root))
-    where = config.training.checkpoint_dir or config.workdir / "checkpoints"
-    if not (has_trained_model(where) or trainings(where)):  # fail before any work
-        raise NoTrainedModelError(no_trained_model_message(where))
-    return config
-
-
-def _checkpoint_dir(
-    config: PipelineConfig, features: FeatureCacheManifest, reuse_trained_model: bool
-) -> Path:
-    """The training's directory: the user's --checkpoint_dir, else one per training data.
-
-    A --checkpoint_dir that holds trainings (WORKDIR/checkpoints) is their root, as the
-    default is. Evaluating or exporting without training data (e.g. only --test_files)
-    uses the newest training under the root.
-    """
-    given = config.training.checkpoint_dir
-    if given is not None and _given_trainings_root(config) is None:
-        return given
-    root = given or config.workdir / "checkpoints"
-    if has_trained_model(root):  # a work directory from before per-data trainings
-        return root
-    own = checkpoint_dir_for(root, features)
-    if reuse_trained_model and not has_trained_model(own):
-        return latest_trained(root) or own
-    return own
-
-
-def _warm_start(config: PipelineConfig, retrain_from: RetrainFrom) -> PipelineConfig:
-    """A new training starts from the exported model in use unless told otherwise."""
-    current = export_store.current(config.export_dir)
-    if (
-        retrain_from == "scratch"
-        or current is None
-        or config.training.load_checkpoint_dir is not None
-        or has_trained_model(config.checkpoint_dir)
-    ):
-        return config
-    print(f"warm start: the new training starts from the current model {current.name}")
-    return _with_training(config, load_checkpoint_dir=current / "checkpoint")
-
-
 def _export_with_promotion(config: PipelineConfig, result: PipelineResult, has_test: bool):
     """Evaluate the current model on the same test set; export, promote if no worse."""
     current = export_store.current(config.export_dir)
     champion = None
     if current is not None:
-        exported_from = json.loads((current / "metadata.json").read_text()).get("checkpoint")
-        if result.evaluation and exported_from == str(result.evaluation.checkpoint):
+        if is_already_current(current, result.evaluation):
             print(
                 f"the current model {current.name} is this training's best checkpoint: "
                 "nothing new to export (--export_* settings apply to the next new export)"
@@ -220,7 +142,7 @@ def train_cv(
         config.workdir,
         {"--test_output_file": config.evaluation.test_output_file},
     )
-    config = _resolve_trainings_roots(config, reuse_trained_model and target != "train")
+    config = resolve_trainings_roots(config, reuse_trained_model and target != "train")
     # SIGINT/SIGTERM stop the run at its next safe point (flows/stopping.py).
     with stop_on_signals(), workdir_lock(config.workdir):
         result, outcome, started = PipelineResult(), "failed", time.time()
@@ -245,8 +167,6 @@ def _run(
     retrain_from: RetrainFrom,
     result: PipelineResult,
 ) -> PipelineResult:
-    last = STAGES.index(target)
-
     def timed(stage: str, fn, *args, **kwargs):
         stopping.check(f"before {stage}")
         started = time.monotonic()
@@ -255,22 +175,26 @@ def _run(
         return out
 
     result.corpus = timed("validate", validate_corpus_task, config, retrain_from == "current")
-    if last >= STAGES.index("features"):
+    if runs_stage(target, "features"):
         result.features = timed("features", build_feature_cache_stage, config, result.corpus)
-    if last >= STAGES.index("train"):
-        checkpoint_dir = _checkpoint_dir(config, result.features, reuse_trained_model)
-        config = _with_training(config, checkpoint_dir=checkpoint_dir)
+    if runs_stage(target, "train"):
+        checkpoint_dir = run_checkpoint_dir(config, result.features, reuse_trained_model)
+        config = with_training(config, checkpoint_dir=checkpoint_dir)
         if reuse_trained_model and target != "train":
             # `evaluate` and `export` use a trained model; they never start a training.
             if not has_trained_model(checkpoint_dir):
                 raise NoTrainedModelError(no_trained_model_message(checkpoint_dir))
         else:
-            config = _warm_start(config, retrain_from)
+            source = warm_start_source(config, retrain_from)
+            if source is not None:
+                model = source.parent.name
+                print(f"warm start: the new training starts from the current model {model}")
+                config = with_training(config, load_checkpoint_dir=source)
             train_task = train_model_task.with_options(retries=config.training.train_retries)
             result.training = timed("train", train_task, config, result.features)
     has_test = "test" in result.features.indexes if result.features else False
-    if last >= STAGES.index("evaluate") and (has_test or target == "evaluate"):
+    if runs_stage(target, "evaluate") and (has_test or target == "evaluate"):
         result.evaluation = timed("evaluate", evaluate_model_task, config, result.features)
-    if last >= STAGES.index("export"):
+    if runs_stage(target, "export"):
         result.export = timed("export", _export_with_promotion, config, result, has_test)
     return result

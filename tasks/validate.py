@@ -3,39 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from deepspeech_core import export_store
 from deepspeech_core.config import PipelineConfig
 from deepspeech_core.corpus import REASONS, validate_corpus
 from deepspeech_core.manifests import CorpusManifest
+from deepspeech_core.training_runs import alphabet_for
 from tasks.reporting import core_logs_to_run_log
 from tasks.retry import retry_unless_expected
-
-
-def alphabet_for(config: PipelineConfig, from_current_export: bool = True) -> Path | None:
-    """The alphabet to validate against: the configured one, else an existing model's.
-
-    A model fixes the characters it can write, so continuing it (a checkpoint directory
-    given by the user, or the exported model a retraining warm-starts from) must not
-    derive a different alphabet from new data; a training from scratch derives its own.
-    Fine-tuning (--load_checkpoint_dir without --drop_source_layers, e.g. DeepSpeech's
-    release checkpoint) keeps the source model's alphabet.
-    """
-    if config.corpus.alphabet_config_path is not None:
-        return config.corpus.alphabet_config_path
-    candidates = [config.checkpoint_dir / "alphabet.txt"]
-    source = config.training.load_checkpoint_dir
-    if source is not None and config.training.drop_source_layers == 0:
-        candidates.append(source / "alphabet.txt")
-    current = export_store.current(config.export_dir)
-    if from_current_export and current is not None:
-        candidates.append(current / "alphabet.txt")
-    return next((p for p in candidates if p.is_file()), None)
 
 
 def _report_artifacts(manifest: CorpusManifest) -> None:

@@ -25,9 +25,10 @@ from deepspeech_core.training_runs import (
     NoTrainedModelError,
     checkpoint_dir_for,
     resolve_trained,
+    resolve_trainings_roots,
+    run_checkpoint_dir,
 )
 from deepspeech_flow.cli import app
-from flows.train_cv import _checkpoint_dir, _resolve_trainings_roots
 from tests.conftest import tiny_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -115,10 +116,10 @@ def test_checkpoint_and_load_checkpoint_dir_accept_the_parent(trained, tmp_path)
     given.training.checkpoint_dir = parent
     given.training.load_checkpoint_dir = parent
     # train: the parent is the root of trainings, as WORKDIR/checkpoints is by default
-    assert _checkpoint_dir(given, features, False) == checkpoint_dir_for(parent, features)
-    trains = _resolve_trainings_roots(given, reuse_trained_model=False)
+    assert run_checkpoint_dir(given, features, False) == checkpoint_dir_for(parent, features)
+    trains = resolve_trainings_roots(given, reuse_trained_model=False)
     assert trains.training.load_checkpoint_dir == newest
     assert trains.training.checkpoint_dir == parent
     # evaluate/export: its newest training (before validation, which takes its alphabet)
-    evaluates = _resolve_trainings_roots(given, reuse_trained_model=True)
+    evaluates = resolve_trainings_roots(given, reuse_trained_model=True)
     assert evaluates.training.checkpoint_dir == newest

@@ -207,7 +207,7 @@ def test_opaque_cudnn_checkpoint_is_refused_with_how_to_convert(tmp_path):
 
 def test_fine_tuning_validates_against_the_checkpoint_alphabet(tmp_path):
     from deepspeech_core.config import PipelineConfig
-    from tasks.validate import alphabet_for
+    from deepspeech_core.training_runs import alphabet_for
 
     directory = tmp_path / "deepspeech-0.9.3-checkpoint"
     directory.mkdir()
