@@ -16,7 +16,7 @@ import logging
 import os
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from deepspeech_core.audio_import import (
     run_jobs,
 )
 from deepspeech_core.config import CorpusConfig, FeatureConfig
+from deepspeech_core.frames import ctc_required_frames, feature_frames
 from deepspeech_core.io_utils import (
     atomic_path,
     atomic_write_json,
@@ -189,20 +190,6 @@ def _normalize(sentence: str, cfg: CorpusConfig) -> str:
 
 
 # --- checks -------------------------------------------------------------------------
-
-
-def ctc_required_frames(labels: Sequence) -> int:
-    """Frames CTC needs for a transcript or label sequence: one per label, plus a blank
-    between repeats."""
-    repeats = sum(1 for a, b in zip(labels, labels[1:], strict=False) if a == b)
-    return len(labels) + repeats
-
-
-def feature_frames(n_samples: int, features: FeatureConfig) -> int:
-    """MFCC frames AudioSpectrogram makes from `n_samples` (no padding at the end)."""
-    if n_samples < features.window_samples:
-        return 0
-    return 1 + (n_samples - features.window_samples) // features.step_samples
 
 
 def _check_text(row: Row, alphabet: Alphabet) -> None:

@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.augmentation import AugmentationPlan, augment_clip
-from deepspeech_core.corpus import ctc_required_frames
 from deepspeech_core.feature_cache import ShardReader
+from deepspeech_core.frames import ctc_required_frames
 
 
 class Batch(NamedTuple):

@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.config import FeatureConfig
+from deepspeech_core.frames import feature_frames
 
 
 def audio_to_mfccs(samples: tf.Tensor, features: FeatureConfig) -> tf.Tensor:
@@ -62,7 +63,7 @@ class MfccExtractor:
         starts, frames, total = [], [], 0
         for clip in clips:
             starts.append(total // step)
-            frames.append(0 if len(clip) < window else 1 + (len(clip) - window) // step)
+            frames.append(feature_frames(len(clip), self.features))
             total += -(-max(len(clip), window) // step) * step  # round up to a whole step
         signal = np.zeros(total + window, np.int16)
         for clip, start in zip(clips, starts, strict=True):

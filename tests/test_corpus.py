@@ -10,10 +10,9 @@ from deepspeech_core.config import CorpusConfig, FeatureConfig
 from deepspeech_core.corpus import (
     REJECTED_COLUMNS,
     CorpusError,
-    ctc_required_frames,
-    feature_frames,
     validate_corpus,
 )
+from deepspeech_core.frames import ctc_required_frames, feature_frames
 from deepspeech_core.io_utils import file_sha256
 from tests.conftest import SHARED_FSDD
 

@@ -5,10 +5,11 @@ import tensorflow as tf
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.audio import read_wav_int16
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import feature_frames, validate_corpus
+from deepspeech_core.corpus import validate_corpus
 from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.feature_cache import build_feature_cache
 from deepspeech_core.features import MfccExtractor, context_windows
+from deepspeech_core.frames import feature_frames
 from tests.conftest import sigkill_when
 
 
