@@ -9,7 +9,7 @@ file fill the same model. Nothing here does I/O when built.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -278,24 +278,35 @@ class PipelineConfig(_Section):
         return self.export.export_dir or self.workdir / "export"
 
     def resolved(self) -> PipelineConfig:
-        """A copy with every path absolute, so tasks run the same from any directory."""
+        """A copy with every path absolute, so tasks run the same from any directory.
 
-        def absolute(p: Path | None) -> Path | None:
-            return None if p is None else p.expanduser().resolve()
-
+        Every path-typed field of every section (`Path`, `Path | None`, `list[Path]`), so
+        a field added later is resolved too: a relative path must mean the directory the
+        run was started from, not wherever a task or a deployment's worker runs.
+        """
         data = self.model_dump()
-        data["workdir"] = absolute(self.workdir)
-        c = data["corpus"]
-        c["corpus"] = absolute(self.corpus.corpus)
-        c["alphabet_config_path"] = absolute(self.corpus.alphabet_config_path)
-        c["filter_alphabet"] = absolute(self.corpus.filter_alphabet)
-        for key in ("train_files", "dev_files", "test_files"):
-            c[key] = [absolute(p) for p in getattr(self.corpus, key)]
-        data["training"]["checkpoint_dir"] = absolute(self.training.checkpoint_dir)
-        data["export"]["export_dir"] = absolute(self.export.export_dir)
-        data["evaluation"]["scorer_path"] = absolute(self.evaluation.scorer_path)
-        data["evaluation"]["test_output_file"] = absolute(self.evaluation.test_output_file)
+        for name, info in PipelineConfig.model_fields.items():
+            value = getattr(self, name)
+            if isinstance(value, BaseModel):
+                for field, field_info in type(value).model_fields.items():
+                    if _holds_paths(field_info.annotation):
+                        data[name][field] = _absolute(getattr(value, field))
+            elif _holds_paths(info.annotation):
+                data[name] = _absolute(value)
         return PipelineConfig.model_validate(data)
+
+
+def _holds_paths(annotation: object) -> bool:
+    """Is a field typed Path, Path | None or list[Path]?"""
+    return annotation is Path or Path in get_args(annotation)
+
+
+def _absolute(value: Path | list[Path] | None) -> Path | list[Path] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [p.expanduser().resolve() for p in value]
+    return value.expanduser().resolve()
 
 
 Stage = Literal["validate", "features", "train", "evaluate", "export"]

@@ -9,89 +9,54 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from deepspeech_core.config import PipelineConfig
 from deepspeech_flow.errors import ConfigError
 
-# flag name (DeepSpeech's spelling) -> (config section, field); None = top level
-FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
-    "workdir": (None, "workdir"),
-    "corpus": ("corpus", "corpus"),
-    "train_files": ("corpus", "train_files"),
-    "dev_files": ("corpus", "dev_files"),
-    "test_files": ("corpus", "test_files"),
-    "alphabet_config_path": ("corpus", "alphabet_config_path"),
-    "normalize": ("corpus", "normalize_ascii"),
-    "filter_alphabet": ("corpus", "filter_alphabet"),
-    "bytes_output_mode": ("corpus", "bytes_output_mode"),
-    "max_duration": ("corpus", "max_duration"),
-    "audio_sample_rate": ("features", "audio_sample_rate"),
-    "n_hidden": ("model", "n_hidden"),
-    "dropout_rate": ("model", "dropout_rate"),
-    "relu_clip": ("model", "relu_clip"),
-    "layer_norm": ("model", "layer_norm"),
-    "epochs": ("training", "epochs"),
-    "train_batch_size": ("training", "train_batch_size"),
-    "dev_batch_size": ("training", "dev_batch_size"),
-    "learning_rate": ("training", "learning_rate"),
-    "seed": ("training", "seed"),
-    "checkpoint_dir": ("training", "checkpoint_dir"),
-    "checkpoint_steps": ("training", "checkpoint_steps"),
-    "checkpoint_secs": ("training", "checkpoint_secs"),
-    "train_retries": ("training", "train_retries"),
-    "augment": ("training", "augment"),
-    "load_train": ("training", "load_train"),
-    "early_stop": ("training", "early_stop"),
-    "es_epochs": ("training", "es_epochs"),
-    "es_min_delta": ("training", "es_min_delta"),
-    "reduce_lr_on_plateau": ("training", "reduce_lr_on_plateau"),
-    "plateau_epochs": ("training", "plateau_epochs"),
-    "plateau_reduction": ("training", "plateau_reduction"),
-    "max_bad_batches": ("training", "max_bad_batches"),
-    "deterministic": ("training", "deterministic"),
-    "require_gpu": ("training", "require_gpu"),
-    "gpu_memory_growth": ("training", "gpu_memory_growth"),
-    "gpu_monitor_interval": ("training", "gpu_monitor_interval"),
-    "gpu_idle_window": ("training", "gpu_idle_window"),
-    "gpu_idle_utilization": ("training", "gpu_idle_utilization"),
-    "gpu_memory_warning": ("training", "gpu_memory_warning"),
-    "force_initialize_learning_rate": ("training", "force_initialize_learning_rate"),
-    "load_checkpoint_dir": ("training", "load_checkpoint_dir"),
-    "drop_source_layers": ("training", "drop_source_layers"),
-    "automatic_mixed_precision": ("training", "automatic_mixed_precision"),
-    "distribute": ("training", "distribute"),
-    "dropout_rate2": ("model", "dropout_rate2"),
-    "dropout_rate3": ("model", "dropout_rate3"),
-    "dropout_rate6": ("model", "dropout_rate6"),
-    "test_batch_size": ("evaluation", "test_batch_size"),
-    "report_count": ("evaluation", "report_count"),
-    "beam_width": ("evaluation", "beam_width"),
-    "scorer_path": ("evaluation", "scorer_path"),
-    "lm_alpha": ("evaluation", "lm_alpha"),
-    "lm_beta": ("evaluation", "lm_beta"),
-    "test_output_file": ("evaluation", "test_output_file"),
-    "export_dir": ("export", "export_dir"),
-    "export_tflite": ("export", "export_tflite"),
-    "export_beam_width": ("export", "export_beam_width"),
-    **{
-        f"export_{name}": ("export", f"export_{name}")
-        for name in (
-            "author_id",
-            "model_name",
-            "model_version",
-            "contact_info",
-            "license",
-            "language",
-            "min_ds_version",
-            "max_ds_version",
-            "description",
-        )
-    },
-    "task_runner": ("execution", "task_runner"),
-    "dask_address": ("execution", "dask_address"),
-    "workers": ("execution", "workers"),
-    "shard_size": ("execution", "shard_size"),
+# Every config field is a flag named as the field, so a field added to PipelineConfig is
+# a flag at once. The exceptions, each with its reason:
+FLAG_NAMES: dict[tuple[str | None, str], str] = {
+    # DeepSpeech's importers call it --normalize.
+    ("corpus", "normalize_ascii"): "normalize",
 }
+NOT_FLAGS: frozenset[tuple[str | None, str]] = frozenset(
+    {
+        # The network's input layout, which DeepSpeech 0.9.3's clients fix (26 MFCCs, 9
+        # frames of context each side); a --config file can still change them.
+        ("features", "n_input"),
+        ("features", "n_context"),
+    }
+)
+
+
+def config_flags() -> dict[str, tuple[str | None, str]]:
+    """flag name -> (config section, field), None = top level: every field but NOT_FLAGS.
+
+    Raises ValueError when two fields would make the same flag (a new field named like
+    one in another section needs an entry in FLAG_NAMES).
+    """
+    flags: dict[str, tuple[str | None, str]] = {}
+    for name, info in PipelineConfig.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            fields = [(name, field) for field in section.model_fields]
+        else:
+            fields = [(None, name)]
+        for key in fields:
+            if key in NOT_FLAGS:
+                continue
+            flag = FLAG_NAMES.get(key, key[1])
+            if flag in flags:
+                raise ValueError(
+                    f"config fields {flags[flag]} and {key} would both be --{flag}: give one "
+                    "another flag name in config_loading.FLAG_NAMES"
+                )
+            flags[flag] = key
+    return flags
+
+
+FLAG_FIELDS = config_flags()
 
 
 # Other spellings DeepSpeech users type.
