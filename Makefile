@@ -15,7 +15,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup system-deps demo test bench lint clean lock serve stop deepspeech-clients kenlm
+.PHONY: setup system-deps demo test test-fast bench lint clean lock serve stop deepspeech-clients kenlm
 
 setup: system-deps $(STAMP)
 
@@ -86,15 +86,23 @@ deepspeech-clients: $(STAMP)
 	$(BIN)/python -m deepspeech_core.deepspeech_client fetch
 
 # A fixed order on CI (-p no:randomly); `$(BIN)/pytest -p randomly` shuffles (tests must
-# pass in any order: each sets up what it needs).
-test: setup kenlm deepspeech-clients
+# pass in any order: each sets up what it needs). The gates (`make lint`) run first.
+test: setup kenlm deepspeech-clients lint
 	$(BIN)/pytest -q -p no:randomly
+
+# The unit tests only: those marked `unit` (no Prefect server, no training, no corpus
+# fixture; pyproject.toml's markers), under a minute.
+test-fast: setup
+	$(BIN)/pytest -q -p no:randomly -m unit
 
 bench: setup
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
+# The gates: lint, formatting, and mypy on deepspeech_core (settings in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Refresh the lock after changing dependencies in pyproject.toml.
 lock: $(STAMP)

@@ -89,7 +89,7 @@ class FrequencyMask(Augmentation):
 
     def apply(self, x, rng, clock, ctx):
         x = x.copy()
-        for _ in range(max(0, self.value("n", rng, clock))):
+        for _ in range(max(0, int(self.value("n", rng, clock)))):
             # DeepSpeech clamps a drawn size into [1, bands - 1]
             size = max(1, min(x.shape[1] - 1, self.value("size", rng, clock)))
             start = int(rng.integers(0, max(1, x.shape[1] - size + 1)))
@@ -102,7 +102,7 @@ class TimeMask(Augmentation):
 
     def apply(self, x, rng, clock, ctx):
         x = x.copy()
-        for _ in range(max(0, self.value("n", rng, clock))):
+        for _ in range(max(0, int(self.value("n", rng, clock)))):
             frames = int(round(self.value("size", rng, clock) / ctx["win_step_ms"]))
             frames = max(1, min(len(x) - 1, frames))  # DeepSpeech's clamp of a drawn size
             start = int(rng.integers(0, max(1, len(x) - frames + 1)))
@@ -405,7 +405,7 @@ class Overlay(SampleAugmentation):
             raise AugmentationError(f"overlay source {self.texts['source']!r} holds no audio")
         result = audio.astype(np.float64).copy()
         signal_power = float(np.mean(np.square(audio))) or 1e-10
-        for _ in range(max(1, self.value("layers", rng, clock))):
+        for _ in range(max(1, int(self.value("layers", rng, clock)))):
             noise = _noise_from(sources, int(rng.integers(len(sources))), rate)
             reps = -(-len(audio) // len(noise)) + 1
             tiled = np.tile(noise, reps)
@@ -503,6 +503,8 @@ def augment_audio(
     audio = pcm16.astype(np.float64) / 32768.0
     changed = False
     for aug in augmentations:
+        if not isinstance(aug, SampleAugmentation):
+            raise AugmentationError(f"{type(aug).__name__} works on features, not on audio")
         if rng.random() < aug.p:
             audio = aug.apply_audio(audio, rate, rng, 0.0)
             changed = True

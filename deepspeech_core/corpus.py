@@ -284,7 +284,8 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
     if stale:
         log.info("removed %d partial file(s) left by an interrupted import", stale)
     rate = features.audio_sample_rate
-    jobs = [plan_job(r.audio, clips_dir, rate, cfg.max_duration) for r in todo]
+    # a row without audio was rejected before (missing_audio), so every todo row has one
+    jobs = [plan_job(r.audio, clips_dir, rate, cfg.max_duration) for r in todo]  # type: ignore[arg-type]
     workers = cfg.import_workers or os.cpu_count() or 1
     to_convert = sum(j.source != j.target and not Path(j.target).is_file() for j in jobs)
     log.info(
@@ -353,7 +354,7 @@ def _split_stats(rows: list[Row], split: str, sample_rate: int) -> dict:
 def _rejected_examples(rows: list[Row], per_reason: int = 5) -> dict[str, list[dict]]:
     examples: dict[str, list[dict]] = {}
     for r in rows:
-        if not r.ok and len(examples.setdefault(r.reason, [])) < per_reason:
+        if r.reason is not None and len(examples.setdefault(r.reason, [])) < per_reason:
             examples[r.reason].append(
                 {
                     "source": r.source,
@@ -511,7 +512,7 @@ def _write_csv(path: Path, records: list[dict], columns: list[str]) -> None:
 def _split_record(r: Row) -> dict:
     return {
         "wav_filename": str(r.wav),
-        "wav_filesize": r.wav.stat().st_size,
+        "wav_filesize": r.wav.stat().st_size,  # type: ignore[union-attr]  # kept rows have a wav
         "transcript": r.transcript,
         "duration": round(r.duration, 4),
         "sentence": r.sentence,

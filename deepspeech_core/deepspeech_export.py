@@ -487,14 +487,14 @@ def _tflite_string(data: bytes) -> bytes:
     return bytes(data[start:end])
 
 
-def _tflite_graph(data: bytes) -> tuple[dict, dict[str, list[int]], dict[str, object]]:
+def _tflite_graph(data: bytes) -> tuple[dict, dict[str, list[int]]]:
     """(metadata values, shapes of the named inputs/outputs) of an output_graph.tflite."""
     schema, utils = _schema()
     model = utils.read_model_from_bytearray(bytearray(data))
     subgraph = model.subgraphs[0]
     names = {subgraph.tensors[i].name.decode(): i for i in [*subgraph.inputs, *subgraph.outputs]}
     producer = {t: op for op in subgraph.operators for t in op.outputs}
-    values = {}
+    values: dict[str, object] = {}
     for name in METADATA:
         if name not in names:
             continue

@@ -82,7 +82,7 @@ def new_staging(root: Path) -> tuple[Path, str]:
         )
     root.mkdir(parents=True, exist_ok=True)
     existing = versions(root)
-    number = int(_VERSION.match(existing[-1].name).group(1)) + 1 if existing else 1
+    number = int(existing[-1].name[1:]) + 1 if existing else 1  # versions() are all v<n>
     name = f"v{number}"
     while True:  # not mkdtemp: its 0700 would hide the model from the users who serve it
         staging = root / f".{name}.staging-{secrets.token_hex(4)}"

@@ -518,7 +518,8 @@ class GpuMonitor:
             for d in self._devices
             if (a := self._stats[d.label]).samples
         ]
-        seconds = (self._last - self._first) if self._first is not None else 0.0
+        first, last = self._first, self._last
+        seconds = (last - first) if first is not None and last is not None else 0.0
         return GpuSummary(
             monitored=bool(gpus),
             note=self._note,

@@ -35,7 +35,7 @@ class Language:
 LANGUAGES: dict[str, Language] = {
     "ru": Language(
         "ru",
-        (
+        tuple(
             "один два три четыре пять шесть семь восемь девять десять ёж ёлка".split()
             + ["Привет", "мир"]
         ),

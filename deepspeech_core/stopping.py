@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -128,6 +128,7 @@ def stop_on_signals() -> Iterator[bool]:
 
 
 _PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None
 try:  # resolved here, not in the child: a preexec_fn must not load libraries
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (AttributeError, OSError):  # not Linux

@@ -86,8 +86,11 @@ def _records(lines: _Lines, reader) -> Iterator[tuple[int, list[str] | None, str
 def read_table(path: Path, delimiter: str, required: list[str]) -> list[TableRow]:
     """Rows of a tsv (Common Voice, unquoted) or csv (DeepSpeech, quoted) file."""
     lines = _Lines(_decode(Path(path).read_bytes()))
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    records = _records(lines, csv.reader(lines, delimiter=delimiter, quoting=quoting))
+    if delimiter == "\t":
+        reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(lines, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
+    records = _records(lines, reader)
     first = next(records, None)
     if first is None:
         raise TableError(f"{path} is empty: it needs a header line with {required}")

@@ -151,6 +151,8 @@ class TFLiteStreamer:
     ) -> None:
         """`runner` (instead of `tflite`): any callable with a signature runner's interface."""
         if runner is None:
+            if tflite is None:
+                raise ValueError("TFLiteStreamer needs a .tflite model (or a runner)")
             runner = make_interpreter(tflite, num_threads).get_signature_runner(SIGNATURE)
         self._runner = runner
         inputs = self._runner.get_input_details()

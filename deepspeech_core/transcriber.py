@@ -26,7 +26,7 @@ from deepspeech_core.alphabet import alphabet_from_record
 from deepspeech_core.audio import read_audio
 from deepspeech_core.config import DecoderConfig, FeatureConfig
 from deepspeech_core.decoding import make_decoder
-from deepspeech_core.deepspeech_client import run_client
+from deepspeech_core.deepspeech_client import Build, run_client
 from deepspeech_core.deepspeech_export import PB_FILE, TFLITE_FILE
 from deepspeech_core.export_store import resolve_model_dir
 from deepspeech_core.features import MfccExtractor
@@ -35,7 +35,7 @@ from deepspeech_core.tflite_export import FP32_FILE, QUANT_FILE, TFLiteStreamer
 Backend = Literal["saved_model", "tflite", "tflite_quant", "deepspeech", "deepspeech_tensorflow"]
 TFLITE_FILES = {"tflite": FP32_FILE, "tflite_quant": QUANT_FILE}
 # backend -> (libdeepspeech build, the export's file it loads)
-CLIENT_FILES = {
+CLIENT_FILES: dict[str, tuple[Build, str]] = {
     "deepspeech": ("tflite", TFLITE_FILE),
     "deepspeech_tensorflow": ("tensorflow", PB_FILE),
 }
