@@ -2,7 +2,8 @@
 
 Prefect's ephemeral server can take longer to start on a small machine than its
 default timeout allows (docs/PERFORMANCE.md, "Prefect server start"), analytics would
-try the network, and TensorFlow's C++ info logs drown the pipeline's own. Users' own settings always win (setdefault).
+try the network, and TensorFlow's C++ info logs drown the pipeline's own. Users' own
+settings always win (setdefault).
 """
 
 from __future__ import annotations
