@@ -4,12 +4,15 @@ import pytest
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.text import normalize_sentence
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 
 def test_parses_deepspeech_alphabet_format():
     text = "# comment\n \na\nb\n\\#\n'\n# trailing comment\n"
     alphabet = Alphabet.from_text(text)
     assert alphabet.characters == (" ", "a", "b", "#", "'")
-    assert alphabet.blank_index == 5 and alphabet.n_classes == 6
+    assert alphabet.blank_index == 5
+    assert alphabet.n_classes == 6
 
 
 def test_round_trips_through_file(tmp_path):
@@ -26,14 +29,14 @@ def test_encode_decode_and_missing():
     assert alphabet.decode(labels) == "cab a"
     assert alphabet.decode([4]) == ""  # the blank writes nothing
     assert alphabet.missing("abxyx") == ["x", "y"]
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match=r"characters not in the alphabet: \['x'\]"):
         alphabet.encode("x")
 
 
 def test_rejects_bad_alphabets():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="alphabet has repeated characters"):
         Alphabet("aa")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="alphabet is empty"):
         Alphabet([])
 
 

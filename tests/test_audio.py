@@ -14,8 +14,10 @@ def _tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
 def test_reads_common_voice_mp3_as_16k_mono(tiny_cv):
     mp3 = next((tiny_cv / "clips").glob("*.mp3"))
     audio = read_audio(mp3, 16000)
-    assert audio.source_rate == 48000 and audio.sample_rate == 16000
-    assert audio.samples.dtype == np.int16 and audio.samples.ndim == 1
+    assert audio.source_rate == 48000
+    assert audio.sample_rate == 16000
+    assert audio.samples.dtype == np.int16
+    assert audio.samples.ndim == 1
     assert 0.5 < audio.duration < 10
     assert np.abs(audio.samples).max() > 1000  # speech, not silence
 
@@ -44,7 +46,7 @@ def test_bad_files_say_why(tmp_path, content, reason):
     path = tmp_path / "clip.wav"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(AudioError) as info:
+    with pytest.raises(AudioError, match=f"^{reason}: ") as info:
         read_audio(path, 16000)
     assert info.value.reason == reason
 
@@ -52,6 +54,6 @@ def test_bad_files_say_why(tmp_path, content, reason):
 def test_zero_samples_is_empty_audio(tmp_path):
     path = tmp_path / "empty.wav"
     soundfile.write(path, np.zeros(0, np.int16), 16000, subtype="PCM_16")
-    with pytest.raises(AudioError) as info:
+    with pytest.raises(AudioError, match="^empty_audio: empty.wav has no samples") as info:
         read_audio(path, 16000)
     assert info.value.reason == "empty_audio"

@@ -30,7 +30,8 @@ def test_value_syntax_follows_deepspeech():
     assert (ramp.pick(rng, 0.0), ramp.pick(rng, 0.5), ramp.pick(rng, 1.0)) == (2, 4, 6)
     jitter = parse_value("1.0~0.25", False)
     draws = [jitter.pick(rng, 0) for _ in range(200)]
-    assert 0.75 <= min(draws) < 0.8 and 1.2 < max(draws) <= 1.25
+    assert 0.75 <= min(draws) < 0.8
+    assert 1.2 < max(draws) <= 1.25
     both = parse_value("0:10~1", False)
     assert 4 <= both.pick(rng, 0.5) <= 6
 
@@ -56,7 +57,8 @@ def test_bad_specs_say_what_is_wrong(spec, message):
 def test_frequency_mask_zeroes_bands_of_coefficients():
     out = _apply("frequency_mask[p=1,n=1,size=4]", _features())
     zero_columns = np.flatnonzero((out == 0).all(axis=0))
-    assert len(zero_columns) == 4 and np.all(np.diff(zero_columns) == 1)
+    assert len(zero_columns) == 4
+    assert np.all(np.diff(zero_columns) == 1)
 
 
 def test_time_mask_zeroes_spans_of_frames():
@@ -69,15 +71,18 @@ def test_dropout_add_multiply():
     dropped = _apply("dropout[p=1,rate=0.2]", x)
     assert 0.17 < np.mean(dropped == 0) < 0.23
     added = _apply("add[p=1,stddev=0.5]", x) - x
-    assert abs(added.mean()) < 0.02 and 0.47 < added.std() < 0.53
+    assert abs(added.mean()) < 0.02
+    assert 0.47 < added.std() < 0.53
     ratio = _apply("multiply[p=1,stddev=0.1]", x) / x
-    assert abs(ratio.mean() - 1) < 0.01 and 0.09 < ratio.std() < 0.11
+    assert abs(ratio.mean() - 1) < 0.01
+    assert 0.09 < ratio.std() < 0.11
 
 
 def test_pitch_keeps_shape_and_tempo_rescales_time():
     x = _features(100)
     pitched = _apply("pitch[p=1,pitch=1.2]", x)
-    assert pitched.shape == x.shape and not np.allclose(pitched, x)
+    assert pitched.shape == x.shape
+    assert not np.allclose(pitched, x)
     faster = _apply("tempo[p=1,factor=1.25]", x)
     assert faster.shape == (80, 26)
     limited = _apply("tempo[p=1,factor=4]", x, min_frames=60)
@@ -170,7 +175,8 @@ def test_codec_round_trip_is_lossy_but_close():
     pcm = _speechlike()
     out = _run_sample("codec[p=1,bitrate=16000]", pcm)
     original = pcm.astype(np.float64) / 32768.0
-    assert len(out) == len(pcm) and not np.allclose(out, original, atol=1e-4)
+    assert len(out) == len(pcm)
+    assert not np.allclose(out, original, atol=1e-4)
     assert np.corrcoef(out[1000:-1000], original[1000:-1000])[0, 1] > 0.5
 
 
@@ -213,7 +219,8 @@ def test_sample_augmentation_makes_a_separate_augmented_copy(trained):
     assert again.computed == 0
     # the plain cache is what it was: the augmented copy lives elsewhere
     unaugmented = build_feature_cache(corpus, cfg.features, cfg.workdir)
-    assert "train_augmented" not in unaugmented.indexes and unaugmented.computed == 0
+    assert "train_augmented" not in unaugmented.indexes
+    assert unaugmented.computed == 0
     np.testing.assert_array_equal(
         SplitIndex.load(unaugmented.indexes["train"], alphabet).features(0), original.features(0)
     )
@@ -233,5 +240,6 @@ def test_sample_augmented_copies_are_reproducible_by_seed(trained, tmp_path):
         return [index.features(i).tobytes() for i in range(len(index))]
 
     a, b, c = copies(tmp_path / "a", 1), copies(tmp_path / "b", 1), copies(tmp_path / "c", 2)
-    assert a == b and 0 < len(a) < 32  # p=0.5 twice: most but not all clips changed
+    assert a == b
+    assert 0 < len(a) < 32  # p=0.5 twice: most but not all clips changed
     assert a != c

@@ -29,7 +29,7 @@ from deepspeech_core.training_runs import (
     run_checkpoint_dir,
 )
 from deepspeech_flow.cli import app
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -85,7 +85,8 @@ def test_evaluate_and_export_without_a_model_fail_at_once_and_train_nothing(
     result = CliRunner().invoke(app, [command, "--corpus", str(tiny_cv), "--workdir", str(workdir)])
     # one line, the checkpoint kind's exit code (deepspeech_flow.errors), no traceback
     assert result.exit_code == ErrorKind.CHECKPOINT, result.output
-    assert "error: no trained model in" in result.output and "Train one first" in result.output
+    assert "error: no trained model in" in result.output
+    assert "Train one first" in result.output
     assert "Traceback" not in result.output
     assert not (workdir / "checkpoints").exists()
     assert not (workdir / "corpus").exists(), "it says so before importing anything"

@@ -6,6 +6,8 @@ from typer.testing import CliRunner
 import deepspeech_flow.cli as cli
 from deepspeech_flow.config_loading import build_config
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 
 @pytest.fixture
 def captured(monkeypatch):
@@ -61,14 +63,21 @@ def test_deepspeech_flags_in_both_spellings(captured, style):
     result = CliRunner().invoke(cli.app, args)
     assert result.exit_code == 0, result.output
     cfg, target, reuse, retrain_from = captured[0]
-    assert target == "train" and not reuse and retrain_from == "scratch"
-    assert cfg.evaluation.beam_width == 8 and cfg.evaluation.scorer_path == Path("/tmp/lm.arpa")
+    assert target == "train"
+    assert not reuse
+    assert retrain_from == "scratch"
+    assert cfg.evaluation.beam_width == 8
+    assert cfg.evaluation.scorer_path == Path("/tmp/lm.arpa")
     assert cfg.export.export_model_name == "digits"
     assert cfg.corpus.train_files == [Path("a.csv"), Path("b.csv")]
-    assert cfg.model.n_hidden == 64 and cfg.training.epochs == 3
-    assert cfg.training.train_batch_size == 4 and cfg.training.learning_rate == 0.0005
-    assert cfg.model.dropout_rate == 0.1 and cfg.training.seed == 11
-    assert cfg.checkpoint_dir == Path("/tmp/ck") and cfg.export_dir == Path("/tmp/ex")
+    assert cfg.model.n_hidden == 64
+    assert cfg.training.epochs == 3
+    assert cfg.training.train_batch_size == 4
+    assert cfg.training.learning_rate == 0.0005
+    assert cfg.model.dropout_rate == 0.1
+    assert cfg.training.seed == 11
+    assert cfg.checkpoint_dir == Path("/tmp/ck")
+    assert cfg.export_dir == Path("/tmp/ex")
     assert cfg.training.checkpoint_steps == 7
 
 
@@ -78,9 +87,8 @@ def test_defaults_are_deepspeech_defaults(captured):
     cfg, target, _, retrain_from = captured[0]
     assert retrain_from == "current"
     assert target == "export"
-    assert cfg.workdir == Path("deepspeech-data") and cfg.checkpoint_dir == Path(
-        "deepspeech-data/checkpoints"
-    )
+    assert cfg.workdir == Path("deepspeech-data")
+    assert cfg.checkpoint_dir == Path("deepspeech-data/checkpoints")
     assert (cfg.model.n_hidden, cfg.model.dropout_rate, cfg.training.learning_rate) == (
         2048,
         0.05,
@@ -96,7 +104,8 @@ def test_yaml_then_flags(tmp_path, captured):
     assert result.exit_code == 0, result.output
     cfg, target, reuse, _ = captured[0]
     assert (cfg.model.n_hidden, cfg.training.epochs, cfg.training.train_batch_size) == (128, 4, 2)
-    assert target == "evaluate" and reuse
+    assert target == "evaluate"
+    assert reuse
 
 
 def test_unknown_yaml_keys_are_errors(tmp_path):
@@ -117,7 +126,8 @@ def test_augment_flag_repeats(captured):
     assert result.exit_code == 0, result.output
     assert captured[0][0].training.augment == ["time_mask[p=0.5]", "add[p=0.2,stddev=1~0.5]"]
     bad = CliRunner().invoke(cli.app, ["train", "--augment", "warp[p=1]"])
-    assert bad.exit_code != 0 and "unknown augmentation" in bad.output
+    assert bad.exit_code != 0
+    assert "unknown augmentation" in bad.output
 
 
 def _sample_value(annotation) -> tuple[list[str], object]:

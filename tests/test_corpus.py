@@ -14,7 +14,7 @@ from deepspeech_core.corpus import (
 )
 from deepspeech_core.frames import ctc_required_frames, feature_frames
 from deepspeech_core.io_utils import file_sha256
-from tests.conftest import SHARED_FSDD
+from tests.helpers import SHARED_FSDD
 
 FEATURES = FeatureConfig()
 
@@ -47,10 +47,12 @@ def test_imports_common_voice(tiny_cv, tmp_path):
     assert first["transcript"] == first["transcript"].lower()
     assert first["sentence"].endswith((".", "!"))  # the original is kept for the record
     alphabet = (tmp_path / "corpus" / "alphabet.txt").read_text()
-    assert "\n \n" in alphabet and "\n.\n" not in alphabet
+    assert "\n \n" in alphabet
+    assert "\n.\n" not in alphabet
 
     again = validate_corpus(CorpusConfig(corpus=tiny_cv, import_workers=2), FEATURES, tmp_path)
-    assert again.reused and again.fingerprint == manifest.fingerprint
+    assert again.reused
+    assert again.fingerprint == manifest.fingerprint
 
 
 def _make_csv_corpus(tmp_path: Path, tiny_cv: Path) -> Path:

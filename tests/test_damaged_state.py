@@ -22,7 +22,7 @@ from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.feature_cache import build_feature_cache
 from deepspeech_core.training import train
 from deepspeech_core.training_state import CheckpointSaver, CheckpointStateError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,8 @@ def test_damaged_corpus_and_feature_cache_heal_on_the_next_run(tiny_cv, tmp_path
     os.truncate(shard, shard.stat().st_size // 2)
 
     again = validate_corpus(cfg.corpus, cfg.features, work)
-    assert not again.reused and again.counts == corpus.counts
+    assert not again.reused
+    assert again.counts == corpus.counts
     assert clip.read_bytes() == clip_bytes, "the emptied clip was converted again"
     assert _csvs(work) == csvs
     clip.write_bytes(clip_bytes[:1000])  # cut short behind an intact manifest: seen too
@@ -73,7 +74,8 @@ def test_damaged_corpus_and_feature_cache_heal_on_the_next_run(tiny_cv, tmp_path
     os.truncate(shard, 100)
     (features.cache_dir / "index_train.csv").write_bytes(b"")
     rerun = build_feature_cache(again, cfg.features, work, shard_size=8)
-    assert 0 < rerun.computed <= 8 and _features_view(rerun) == view
+    assert 0 < rerun.computed <= 8
+    assert _features_view(rerun) == view
 
 
 def test_checkpoint_state_file_gone_is_refused_not_overwritten(trained, tmp_path):
@@ -84,10 +86,11 @@ def test_checkpoint_state_file_gone_is_refused_not_overwritten(trained, tmp_path
     state.unlink()
     before = {p: p.stat().st_mtime_ns for p in ckpt.rglob("ckpt-*")}
     more = cfg.training.model_copy(update={"epochs": cfg.training.epochs + 1})
-    with pytest.raises(CheckpointStateError) as info:
+    with pytest.raises(CheckpointStateError, match="is missing") as info:
         train(features, cfg.model, cfg.features, more, ckpt)
     message = str(info.value)
-    assert f"{state} is missing" in message and f"ckpt-{model.steps}" in message
+    assert f"{state} is missing" in message
+    assert f"ckpt-{model.steps}" in message
     assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("ckpt-*")} == before, "untouched"
 
     for damaged in ("", f'model_checkpoint_path: "ckpt-{model.steps}"\n'):  # empty, cut
@@ -131,7 +134,8 @@ def test_state_files_are_synced_before_they_count(tmp_path, monkeypatch):
     monkeypatch.setattr(io_utils.os, "fsync", fsync)
     target = tmp_path / "d" / "manifest.json"
     io_utils.atomic_write_json(target, {"a": 1})
-    assert len(synced) == 2 and Path(synced[0]).name.startswith(".manifest.json.")
+    assert len(synced) == 2
+    assert Path(synced[0]).name.startswith(".manifest.json.")
     assert synced[1] == str(target.parent)
 
     synced.clear()
@@ -213,7 +217,8 @@ def test_sigkill_during_a_checkpoint_write_then_resume_gives_the_same_model(
     assert (ckpt / "train" / "ckpt-6.index").is_file(), "killed after writing part of ckpt-6"
 
     resumed = train(features, cfg.model, cfg.features, cfg.training, ckpt)
-    assert resumed.resumed_from_step == 4 and resumed.steps == uninterrupted.steps
+    assert resumed.resumed_from_step == 4
+    assert resumed.steps == uninterrupted.steps
     a, _, _ = load_model(ckpt, "train")
     b, _, _ = load_model(cfg.checkpoint_dir, "train")
     for va, vb in zip(a.weights, b.weights, strict=True):

@@ -104,11 +104,13 @@ def test_language_model_lowers_wer(speaking_model, tmp_path):
         cfg.evaluation.model_copy(update={"beam_width": 256, "scorer_path": arpa}),
         tmp_path / "lm",
     )
-    assert greedy.decoder == "greedy" and with_lm.decoder == "beam+lm"
+    assert greedy.decoder == "greedy"
+    assert with_lm.decoder == "beam+lm"
     assert greedy.wer < 1.0, "the fixture model should get some words right"
     assert with_lm.wer < greedy.wer
     report = json.loads(with_lm.report_path.read_text())
-    assert report["scorer_path"] == str(arpa) and report["beam_width"] == 256
+    assert report["scorer_path"] == str(arpa)
+    assert report["beam_width"] == 256
 
 
 def test_build_lm_command(tmp_path):

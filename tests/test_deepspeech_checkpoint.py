@@ -140,7 +140,8 @@ def test_deepspeech_checkpoint_gives_deepspeech_logits(
     expected = deepspeech_forward(values, real_mfccs, forget_bias, lstm_scope)
 
     model, spec, prefix = load_model(directory)  # evaluate/export read it as they are
-    assert prefix.name == "best_dev-1234" and spec.alphabet == ENGLISH
+    assert prefix.name == "best_dev-1234"
+    assert spec.alphabet == ENGLISH
     assert spec.model.n_hidden == N_HIDDEN
     ours = model(real_mfccs[np.newaxis], training=False).numpy()[0]
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
@@ -230,7 +231,7 @@ def test_evaluate_reads_a_deepspeech_checkpoint_and_training_never_writes_into_i
     from deepspeech_core.feature_cache import build_feature_cache
     from deepspeech_core.training import train
     from deepspeech_core.training_runs import has_trained_model
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     values = deepspeech_variables(np.random.default_rng(9), ENGLISH.n_classes, FUSED_CELL)
     directory = write_tf1_checkpoint(tmp_path / "deepspeech-0.9.3-checkpoint", values)
@@ -240,7 +241,8 @@ def test_evaluate_reads_a_deepspeech_checkpoint_and_training_never_writes_into_i
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir, directory / "alphabet.txt")
     features = build_feature_cache(corpus, cfg.features, cfg.workdir)
     report = evaluate(features, directory, cfg.evaluation, tmp_path / "reports")
-    assert report.samples > 0 and str(report.checkpoint).endswith("best_dev-1234")
+    assert report.samples > 0
+    assert str(report.checkpoint).endswith("best_dev-1234")
     with pytest.raises(CheckpointError, match="--load_checkpoint_dir"):
         train(features, cfg.model, cfg.features, cfg.training, directory)
     assert sorted(p.name for p in directory.iterdir()) == before, "nothing written into it"
@@ -251,7 +253,7 @@ def test_training_starts_from_a_deepspeech_checkpoint(tmp_path, tiny_cv):
     from deepspeech_core.corpus import validate_corpus
     from deepspeech_core.feature_cache import build_feature_cache
     from deepspeech_core.training import train
-    from tests.conftest import tiny_config
+    from tests.helpers import tiny_config
 
     values = deepspeech_variables(np.random.default_rng(10), ENGLISH.n_classes, FUSED_CELL)
     directory = write_tf1_checkpoint(tmp_path / "deepspeech-0.9.3-checkpoint", values)

@@ -98,7 +98,8 @@ def test_every_export_holds_checked_client_models(exported):
         assert record.error <= record.tolerance
         assert f"`{name}`" in card
         values, _ = read_deepspeech_metadata(version / name)
-        assert values["metadata_beam_width"] == 500 and values["metadata_sample_rate"] == 16000
+        assert values["metadata_beam_width"] == 500
+        assert values["metadata_sample_rate"] == 16000
         assert deserialize_alphabet(values["metadata_alphabet"]) == [
             c.encode() for c in metadata["alphabet"]
         ]
@@ -110,7 +111,8 @@ def test_both_client_builds_load_their_file(clients, exported, name):
     manifest, _ = exported
     run = run_client(BUILD[name], manifest.export_dir / name)
     assert run.version == "0.9.3"
-    assert run.sample_rate == 16000 and run.beam_width == 500
+    assert run.sample_rate == 16000
+    assert run.beam_width == 500
 
 
 @pytest.fixture(scope="module")

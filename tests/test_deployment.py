@@ -46,7 +46,7 @@ from deployments.stack import (
     descendants,
     free_port,
 )
-from tests.conftest import newest_checkpoint_step, tiny_config
+from tests.helpers import newest_checkpoint_step, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +173,7 @@ def test_the_servers_api_needs_the_stacks_auth_string(stack):
     anonymous = urllib.request.Request(
         stack.api_url + "/work_pools/filter", data=b"{}", method="POST"
     )
-    with pytest.raises(urllib.error.HTTPError) as refused:
+    with pytest.raises(urllib.error.HTTPError, match="HTTP Error 401") as refused:
         urllib.request.urlopen(anonymous, timeout=30)
     assert refused.value.code == 401
     with client(stack) as c:
@@ -270,7 +270,8 @@ def test_a_killed_run_is_restarted_resumes_and_restarts_are_capped(stack, tiny_c
             120,
             stack,
         )
-        assert "restart:1" in restart.tags and restart.parameters == first.parameters
+        assert "restart:1" in restart.tags
+        assert restart.parameters == first.parameters
         restart = wait_final(c, stack, restart.id)
         assert restart.state.is_completed(), run_log(c, [restart.id])
         resumed = wait_log(c, stack, restart.id, r"resuming from \S+: step (\d+)")

@@ -11,6 +11,8 @@ import typer
 
 import deepspeech_flow.cli as cli
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "docs" / "DEPLOYMENT.md"]
 

@@ -6,8 +6,12 @@ import importlib
 import inspect
 import pkgutil
 
+import pytest
+
 import deepspeech_core
 from deepspeech_core.error_kinds import _KINDS, error_kind
+
+pytestmark = pytest.mark.unit  # `make test-fast`
 
 
 def test_every_listed_error_class_exists():

@@ -22,7 +22,7 @@ from deepspeech_core.language_model import write_arpa
 from deepspeech_core.metrics import corpus_error_rates
 from deepspeech_core.transcriber import Transcriber
 from tasks.evaluate import evaluation_markdown
-from tests.conftest import sigkill_when
+from tests.helpers import sigkill_when
 
 SAMPLE_FIELDS = list(SampleResult.__dataclass_fields__)
 
@@ -54,7 +54,8 @@ def test_reports_are_well_formed(evaluated):
     cfg, corpus, _, evaluation = evaluated
     report = json.loads(evaluation.report_path.read_text())
     assert report["samples"] == corpus.counts["test"] == evaluation.samples
-    assert report["decoder"] == "greedy" and report["loss"] > 0
+    assert report["decoder"] == "greedy"
+    assert report["loss"] > 0
     samples = json.loads(evaluation.test_output_path.read_text())
     assert [list(s) for s in samples] == [SAMPLE_FIELDS] * len(samples)  # DeepSpeech's fields
     test_csv = pd.read_csv(corpus.splits["test"], keep_default_na=False)
@@ -71,7 +72,8 @@ def test_reports_are_well_formed(evaluated):
     assert worst["wer"] == max(s["wer"] for s in samples)
     assert sum(m.samples for m in evaluation.by_duration.values()) == evaluation.samples
     markdown = evaluation_markdown(evaluation)
-    assert "| duration |" in markdown and next(iter(evaluation.by_duration)) in markdown
+    assert "| duration |" in markdown
+    assert next(iter(evaluation.by_duration)) in markdown
 
 
 def test_several_test_files_are_reported_one_by_one(speaking_model, tmp_path):
@@ -113,15 +115,20 @@ def test_several_test_files_are_reported_one_by_one(speaking_model, tmp_path):
 def test_export_layout_metadata_and_model_card(exported, evaluated):
     root, manifest = exported
     _, corpus, _, evaluation = evaluated
-    assert manifest.version == "v1" and export_store.current(root) == manifest.export_dir
+    assert manifest.version == "v1"
+    assert export_store.current(root) == manifest.export_dir
     version = manifest.export_dir
     for name in ("saved_model", "model.tflite", "model.quant.tflite", "checkpoint"):
         assert (version / name).exists(), name
     metadata = json.loads(manifest.metadata.read_text())
-    assert metadata["sample_rate"] == 16000 and metadata["n_hidden"] == 128
-    assert metadata["n_context"] == 9 and metadata["features"]["n_input"] == 26
-    assert metadata["parameters"] > 0 and metadata["alphabet"]
-    assert metadata["test_wer"] == evaluation.wer and metadata["test_cer"] == evaluation.cer
+    assert metadata["sample_rate"] == 16000
+    assert metadata["n_hidden"] == 128
+    assert metadata["n_context"] == 9
+    assert metadata["features"]["n_input"] == 26
+    assert metadata["parameters"] > 0
+    assert metadata["alphabet"]
+    assert metadata["test_wer"] == evaluation.wer
+    assert metadata["test_cer"] == evaluation.cer
     assert metadata["training_data"]["fingerprint"] == corpus.fingerprint
     assert metadata["training_data"]["hours"]["train"] == corpus.hours["train"]
     assert all(metadata["versions"][k] for k in ("deepspeech-flow", "tensorflow", "prefect"))
@@ -129,8 +136,10 @@ def test_export_layout_metadata_and_model_card(exported, evaluated):
     assert sizes["model.quant.tflite"] < sizes["model.tflite"]
     assert metadata["tflite"]["model.tflite"]["size_bytes"] == sizes["model.tflite"]
     card = manifest.model_card.read_text()
-    assert card.startswith("# digits 0.0.1") and "Author: qa-team" in card
-    assert f"{100 * evaluation.wer:.2f} %" in card and "model.quant.tflite" in card
+    assert card.startswith("# digits 0.0.1")
+    assert "Author: qa-team" in card
+    assert f"{100 * evaluation.wer:.2f} %" in card
+    assert "model.quant.tflite" in card
 
 
 @pytest.mark.parametrize("backend", ["saved_model", "tflite"])
@@ -193,7 +202,8 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     no_tflite = ExportConfig(export_tflite=False)
     first = export_model(cfg.checkpoint_dir, root, no_tflite, evaluation)
     kept = export_model(cfg.checkpoint_dir, root, no_tflite, evaluation, promote=False)
-    assert (first.version, kept.version) == ("v1", "v2") and not kept.promoted
+    assert (first.version, kept.version) == ("v1", "v2")
+    assert not kept.promoted
     assert export_store.current(root) == first.export_dir
     assert first.export_dir.stat().st_mode & 0o777 == 0o755, "readable by those who serve it"
     before = {p.name: p.stat().st_mtime_ns for p in first.export_dir.rglob("*")}
@@ -219,7 +229,8 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     assert Transcriber(root).metadata["checkpoint"] == str(evaluation.checkpoint)
 
     third = export_model(cfg.checkpoint_dir, root, no_tflite, evaluation)
-    assert third.version == "v3" and export_store.current(root) == third.export_dir
+    assert third.version == "v3"
+    assert export_store.current(root) == third.export_dir
     assert not list(root.glob(".*staging*")), "the next export cleans what was left"
 
     # promotion by hand, e.g. of the unpromoted v2
@@ -227,9 +238,11 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
 
     result = CliRunner().invoke(app, ["promote", "v2", "--export_dir", str(root)])
     assert result.exit_code == 0, result.output
-    assert "(was v3)" in result.output and export_store.current(root).name == "v2"
+    assert "(was v3)" in result.output
+    assert export_store.current(root).name == "v2"
     bad = CliRunner().invoke(app, ["promote", "v9", "--export_dir", str(root)])
-    assert bad.exit_code != 0 and export_store.current(root).name == "v2"
+    assert bad.exit_code != 0
+    assert export_store.current(root).name == "v2"
 
 
 def test_transcribe_command(exported, evaluated, speaking_model, tmp_path):
@@ -248,7 +261,8 @@ def test_transcribe_command(exported, evaluated, speaking_model, tmp_path):
             assert lines[0]["text"] == sample["res"]
     bad = CliRunner().invoke(app, ["transcribe", "--model", str(tmp_path), "x.wav"])
     message = " ".join(re.sub(r"[│╭╮╰╯─]", " ", bad.output).split())
-    assert bad.exit_code != 0 and "is not an exported model" in message
+    assert bad.exit_code != 0
+    assert "is not an exported model" in message
 
 
 def test_long_file_streams_through_tflite(exported, evaluated, tmp_path):

@@ -80,7 +80,8 @@ def test_every_exported_file_and_directory_follows_the_umask(trained, tmp_path):
     modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in paths}
     assert {m for p, m in modes.items() if Path(tmp_path / p).is_dir()} == {0o750}, modes
     assert {m for p, m in modes.items() if Path(tmp_path / p).is_file()} == {0o640}, modes
-    assert "export/v1/metadata.json" in modes and "export/v1/MODEL_CARD.md" in modes
+    assert "export/v1/metadata.json" in modes
+    assert "export/v1/MODEL_CARD.md" in modes
 
 
 def test_two_exports_into_one_directory_take_turns(trained, tmp_path):

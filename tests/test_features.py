@@ -10,7 +10,7 @@ from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.feature_cache import build_feature_cache
 from deepspeech_core.features import MfccExtractor, context_windows
 from deepspeech_core.frames import feature_frames
-from tests.conftest import sigkill_when
+from tests.helpers import sigkill_when
 
 
 def _deepspeech_samples_to_mfccs(wav_path: str, features: FeatureConfig) -> np.ndarray:
@@ -69,12 +69,14 @@ def test_cache_is_reused_and_namespaced(trained, tmp_path):
     cfg, corpus, first, _ = trained
     assert first.computed == sum(first.counts.values())
     again = build_feature_cache(corpus, cfg.features, cfg.workdir)
-    assert again.computed == 0 and again.fingerprint == first.fingerprint
+    assert again.computed == 0
+    assert again.fingerprint == first.fingerprint
 
     index = pd.read_csv(first.indexes["train"])
     split = SplitIndex.load(first.indexes["train"], Alphabet.load(first.alphabet_path))
     feats = split.features(0)
-    assert feats.shape == (index.n_frames.iloc[0], 26) and feats.dtype == np.float32
+    assert feats.shape == (index.n_frames.iloc[0], 26)
+    assert feats.dtype == np.float32
     samples, _ = read_wav_int16(index.wav_filename.iloc[0])
     np.testing.assert_array_equal(feats, MfccExtractor(cfg.features)(samples))
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # imported (and Prefect logging set up) outside CliRunner
-from tests.conftest import newest_checkpoint_step, sigkill_when, tiny_config
+from tests.helpers import newest_checkpoint_step, sigkill_when, tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -45,11 +45,13 @@ def full_run(tiny_cv, tmp_path_factory):
 
 def test_every_output_exists_and_is_well_formed(full_run):
     workdir, output = full_run
-    assert "test WER" in output and "exported:" in output
+    assert "test WER" in output
+    assert "exported:" in output
     corpus = workdir / "corpus"
     for split in ("train", "dev", "test"):
         df = pd.read_csv(corpus / f"{split}.csv", keep_default_na=False)
-        assert list(df.columns[:3]) == ["wav_filename", "wav_filesize", "transcript"] and len(df)
+        assert list(df.columns[:3]) == ["wav_filename", "wav_filesize", "transcript"]
+        assert len(df)
         info = soundfile.info(df.wav_filename.iloc[0])
         assert (info.samplerate, info.channels) == (16000, 1)
     rejected = pd.read_csv(corpus / "rejected.csv")
@@ -60,7 +62,8 @@ def test_every_output_exists_and_is_well_formed(full_run):
     assert (training / "train" / "checkpoint").is_file()
     assert (workdir / "reports" / "loss.png").read_bytes().startswith(b"\x89PNG")
     evaluation = json.loads((workdir / "reports" / "evaluation.json").read_text())
-    assert {"wer", "cer", "loss", "samples"} <= set(evaluation) and evaluation["samples"] > 0
+    assert {"wer", "cer", "loss", "samples"} <= set(evaluation)
+    assert evaluation["samples"] > 0
     samples = json.loads((workdir / "reports" / "test_output.json").read_text())
     assert len(samples) == evaluation["samples"]
     assert {"wav_filename", "src", "res", "loss", "cer", "wer"} <= set(samples[0])
@@ -68,7 +71,8 @@ def test_every_output_exists_and_is_well_formed(full_run):
     assert export.resolve().name == "v1"
     assert (export / "saved_model" / "saved_model.pb").is_file()
     assert json.loads((export / "metadata.json").read_text())["n_hidden"] == 32
-    assert (export / "alphabet.txt").is_file() and (export / "model.tflite").is_file()
+    assert (export / "alphabet.txt").is_file()
+    assert (export / "model.tflite").is_file()
 
 
 def test_rerun_reuses_every_stage(full_run, tiny_cv):
@@ -134,7 +138,8 @@ def test_evaluate_without_a_model_says_what_to_do(tmp_path, full_run):
         ],
     )
     assert result.exit_code not in (0, 1)  # an expected error: its own exit code, one line
-    assert "train" in result.output and "Traceback" not in result.output
+    assert "train" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_prefect_retry_of_train_resumes_from_the_checkpoint(tiny_cv, tmp_path, monkeypatch):
@@ -162,7 +167,8 @@ def test_prefect_retry_of_train_resumes_from_the_checkpoint(tiny_cv, tmp_path, m
     assert len(attempts) == 2
     # epoch 0 ended at step 4 with a checkpoint; the retry continued from there.
     assert result.training.resumed_from_step == 4
-    assert result.training.steps == 8 and result.training.epochs == 2
+    assert result.training.steps == 8
+    assert result.training.epochs == 2
 
 
 def test_each_stage_left_artifacts(full_run):
@@ -187,7 +193,8 @@ def test_each_stage_left_artifacts(full_run):
         )
     assert {a.key for a in found} == set(keys)
     table = next(a for a in found if a.key == "corpus-validation")
-    assert "too_short" in str(table.data) and "dur_median_s" in str(table.data)
+    assert "too_short" in str(table.data)
+    assert "dur_median_s" in str(table.data)
     curve = next(a for a in found if a.key == "training-loss-curve")
     assert "data:image/png;base64," in str(curve.data)
 
@@ -280,6 +287,8 @@ def test_killed_run_resumes_when_the_flow_is_run_again(tiny_cv, tmp_path):
     cfg = tiny_config(workdir, tiny_cv, epochs=40, train_batch_size=4, checkpoint_steps=5)
     cfg = cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"import_workers": 0})})
     result = train_cv(config=cfg, target="train")
-    assert result.corpus.reused and result.features.computed == 0
+    assert result.corpus.reused
+    assert result.features.computed == 0
     assert result.training.resumed_from_step >= 10
-    assert result.training.steps == 40 * 8 and result.training.epochs == 40
+    assert result.training.steps == 40 * 8
+    assert result.training.epochs == 40

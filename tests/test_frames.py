@@ -8,7 +8,7 @@ import pytest
 from deepspeech_core.config import FeatureConfig
 from deepspeech_core.frames import ctc_required_frames, feature_frames
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.unit  # `make test-fast`
 
 
 def test_batched_mfccs_are_cut_by_the_same_formula_as_validation_counts():

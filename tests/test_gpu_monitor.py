@@ -19,6 +19,8 @@ from deepspeech_core.gpu_monitor import (
 )
 from tests.fake_nvml import FakeGpu, FakeNVML, NVMLError
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 LOGGER = "deepspeech_core.gpu_monitor"
 
 
@@ -57,32 +59,38 @@ def test_summary_gives_mean_p10_and_peak_memory_per_gpu():
     monitor = GpuMonitor(FakeNVML(gpus), interval=1.0, memory_warning=None)
     _run(monitor, 57)
     summary = monitor.summary()
-    assert summary.monitored and summary.seconds == 56.0 and summary.interval_seconds == 1.0
+    assert summary.monitored
+    assert summary.seconds == 56.0
+    assert summary.interval_seconds == 1.0
     first, second = summary.gpus
     assert (first.gpu, second.gpu, second.name) == ("GPU0", "GPU1", "Tesla V100")
     assert first.samples == second.samples == 57
     assert first.mean_utilization == pytest.approx(np.mean(util0), abs=0.05)
     assert first.p10_utilization == np.percentile(util0, 10, method="inverted_cdf")
     assert first.peak_memory_gb == pytest.approx(max(mem0), abs=0.01)
-    assert first.memory_total_gb == 80.0 and first.max_temperature_c == 70.0
+    assert first.memory_total_gb == 80.0
+    assert first.max_temperature_c == 70.0
     assert first.mean_power_w == 250.0
     full1 = util1 + [util1[-1]] * 54  # the fake repeats its last reading
     assert second.mean_utilization == pytest.approx(np.mean(full1), abs=0.05)
     assert second.p10_utilization == np.percentile(full1, 10, method="inverted_cdf") == 95.0
     assert second.peak_memory_gb == 12.0
     assert second.mean_power_w is None  # "Not Supported" is not a failure
-    assert "GPU0 mean" in summary.line() and "peak" in summary.line()
+    assert "GPU0 mean" in summary.line()
+    assert "peak" in summary.line()
 
 
 def test_latest_sample_reads_like_nvtop_and_feeds_tensorboard_once():
     monitor = GpuMonitor(FakeNVML([FakeGpu(utilization=[97.0], memory_used_gb=[31.2])]))
-    assert monitor.line() == "" and monitor.new_scalars() == {}
+    assert monitor.line() == ""
+    assert monitor.new_scalars() == {}
     _run(monitor, 1)
     assert monitor.line() == "GPU0 97% 31.2/80 GB"
     scalars = monitor.new_scalars()
     assert scalars["gpu0/utilization_percent"] == 97.0
     assert scalars["gpu0/memory_used_gb"] == pytest.approx(31.2)
-    assert scalars["gpu0/temperature_c"] == 61.0 and scalars["gpu0/power_w"] == 312.5
+    assert scalars["gpu0/temperature_c"] == 61.0
+    assert scalars["gpu0/power_w"] == 312.5
     assert monitor.new_scalars() == {}  # each sample is written once
     monitor.sample(1.0)
     assert monitor.new_scalars()
@@ -97,9 +105,12 @@ def test_idle_gpu_warns_once_after_the_window_naming_the_causes(caplog):
         monitor.sample(10.0)
         monitor.sample(11.0)
     (warning,) = _messages(caplog)
-    assert "GPU0 4%" in warning and "GPU1" not in warning  # only the idle one
-    assert "input pipeline" in warning and "--train_batch_size" in warning
-    assert "on the CPU" in warning and "10 s" in warning
+    assert "GPU0 4%" in warning
+    assert "GPU1" not in warning  # only the idle one
+    assert "input pipeline" in warning
+    assert "--train_batch_size" in warning
+    assert "on the CPU" in warning
+    assert "10 s" in warning
     assert monitor.summary().warnings == [warning]
 
 
@@ -109,7 +120,8 @@ def test_a_busy_gpu_with_idle_moments_does_not_warn(caplog):
     monitor = GpuMonitor(FakeNVML([FakeGpu(utilization=util)]), idle_window=10.0)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         _run(monitor, 30)
-    assert _messages(caplog) == [] and monitor.summary().warnings == []
+    assert _messages(caplog) == []
+    assert monitor.summary().warnings == []
 
 
 def test_idle_threshold_and_window_are_parameters(caplog):
@@ -118,7 +130,8 @@ def test_idle_threshold_and_window_are_parameters(caplog):
     )
     with caplog.at_level(logging.INFO, logger=LOGGER):
         _run(monitor, 3)
-    assert "GPU0 45%" in _messages(caplog)[0] and "under 50%" in _messages(caplog)[0]
+    assert "GPU0 45%" in _messages(caplog)[0]
+    assert "under 50%" in _messages(caplog)[0]
 
 
 def test_memory_close_to_full_warns_once_per_gpu(caplog):
@@ -136,7 +149,8 @@ def test_memory_close_to_full_warns_once_per_gpu(caplog):
     assert len(warnings) == 2
     assert sorted(w.split()[0] for w in warnings) == ["GPU0", "GPU1"]
     gpu0 = next(w for w in warnings if w.startswith("GPU0"))
-    assert "76.5 of 80.0 GB" in gpu0 and "Failed to get convolution algorithm" in gpu0
+    assert "76.5 of 80.0 GB" in gpu0
+    assert "Failed to get convolution algorithm" in gpu0
     assert "--train_batch_size" in gpu0
 
 
@@ -151,16 +165,19 @@ def test_nvml_not_installed_is_one_line_and_no_thread_failure(monkeypatch, caplo
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
     with caplog.at_level(logging.INFO, logger=LOGGER):
         summary = GpuMonitor(interval=0.01).start().stop()
-    assert not summary.monitored and "nvidia-ml-py is not installed" in summary.note
+    assert not summary.monitored
+    assert "nvidia-ml-py is not installed" in summary.note
     lines = _messages(caplog, logging.INFO)
-    assert len(lines) == 1 and lines[0].startswith("no GPU is monitored: nvidia-ml-py")
+    assert len(lines) == 1
+    assert lines[0].startswith("no GPU is monitored: nvidia-ml-py")
 
 
 def test_no_driver_is_one_line(caplog):
     nvml = FakeNVML(init_error=NVMLError("Driver Not Loaded"))
     with caplog.at_level(logging.INFO, logger=LOGGER):
         summary = GpuMonitor(nvml, interval=0.01).start().stop()
-    assert not summary.monitored and "Driver Not Loaded" in summary.note
+    assert not summary.monitored
+    assert "Driver Not Loaded" in summary.note
     assert _messages(caplog, logging.INFO) == [
         "no GPU is monitored: NVML could not start (NVMLError: Driver Not Loaded); "
         "no NVIDIA driver here?"
@@ -179,7 +196,8 @@ def test_the_real_pynvml_on_a_machine_without_gpu_says_so_once(caplog):
         pytest.skip("this machine has an NVIDIA GPU")
     with caplog.at_level(logging.INFO, logger=LOGGER):
         summary = GpuMonitor(interval=0.01).start().stop()
-    assert not summary.monitored and summary.note
+    assert not summary.monitored
+    assert summary.note
     assert len(_messages(caplog, logging.INFO)) == 1
     assert _messages(caplog, logging.WARNING) == []
 
@@ -196,7 +214,8 @@ def test_a_vanishing_gpu_stops_the_monitor_with_one_line(caplog):
         time.sleep(0.05)
         summary = monitor.stop()
     assert nvml.readings == calls == 6  # nothing more was asked of NVML
-    assert summary.monitored and [g.samples for g in summary.gpus] == [3, 3]
+    assert summary.monitored
+    assert [g.samples for g in summary.gpus] == [3, 3]
     (line,) = _messages(caplog)
     assert line.startswith("GPU monitor stopped after 3 sample(s): NVMLError_GpuIsLost")
     assert "training goes on" in line
@@ -220,7 +239,8 @@ def test_anything_raised_inside_the_monitor_stays_inside(breakage, caplog):
         time.sleep(0.05)
         summary = monitor.stop()
     assert "ZeroDivisionError" in summary.note
-    assert monitor.line() == "" and monitor.new_scalars() == {}
+    assert monitor.line() == ""
+    assert monitor.new_scalars() == {}
     lines = [r for r in caplog.records if r.name == LOGGER and "ZeroDivisionError" in r.message]
     assert len(lines) == 1
 
@@ -236,13 +256,15 @@ def test_cuda_visible_devices_selects_and_renumbers_the_gpus():
     ]
     assert monitor.line().startswith("GPU0 20% ")
     hidden = GpuMonitor(FakeNVML(gpus), visible="")
-    assert not hidden.open() and "CUDA_VISIBLE_DEVICES hides every GPU" in hidden.summary().note
+    assert not hidden.open()
+    assert "CUDA_VISIBLE_DEVICES hides every GPU" in hidden.summary().note
 
 
 def test_monitor_off_takes_no_sample():
     nvml = FakeNVML()
     summary = GpuMonitor(nvml, interval=0).start().stop()
-    assert nvml.initialised == 0 and not summary.monitored
+    assert nvml.initialised == 0
+    assert not summary.monitored
     assert "--gpu_monitor_interval 0" in summary.note
 
 
@@ -275,8 +297,10 @@ def test_attempts_are_recorded_beside_the_checkpoints(tmp_path):
     record_attempt(tmp_path, monitor.summary(), (0, 40))
     record_attempt(tmp_path, GpuMonitor(interval=0).summary(), (40, 80))
     first, second = read_usage(tmp_path)
-    assert first["steps"] == [0, 40] and first["gpus"][0]["samples"] == 2
-    assert second["steps"] == [40, 80] and not second["monitored"]
+    assert first["steps"] == [0, 40]
+    assert first["gpus"][0]["samples"] == 2
+    assert second["steps"] == [40, 80]
+    assert not second["monitored"]
     (tmp_path / "gpu_usage.json").write_text("{not json")
     assert read_usage(tmp_path) == []
     (tmp_path / "gpu_usage.json").write_text(json.dumps([1, 2]))

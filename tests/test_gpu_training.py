@@ -15,8 +15,8 @@ from deepspeech_core.checkpoints import load_model
 from deepspeech_core.devices import DeviceError
 from deepspeech_core.gpu_monitor import read_usage
 from deepspeech_core.training import train
-from tests.conftest import tiny_config
 from tests.fake_nvml import FakeGpu, FakeNVML
+from tests.helpers import tiny_config
 
 MONITOR_LOGGER = "deepspeech_core.gpu_monitor"
 
@@ -89,7 +89,8 @@ def test_monitor_shows_in_the_run_and_leaves_the_weights_bit_equal(
         manifest, on, out = _train(tiny_features, tmp_path, "on", nvml, seen.append, **FAST)
     # the results do not depend on the monitor
     off = weights_without_monitor
-    assert len(on) == len(off) and all(np.array_equal(a, b) for a, b in zip(on, off, strict=True))
+    assert len(on) == len(off)
+    assert all(np.array_equal(a, b) for a, b in zip(on, off, strict=True))
     # the progress callback (the progress artifact) and the log line carry the latest sample
     now = "GPU0 97% 31.2/80 GB, GPU1 3% 14.9/15 GB"
     assert seen[-1].gpu == now
@@ -97,17 +98,21 @@ def test_monitor_shows_in_the_run_and_leaves_the_weights_bit_equal(
     assert last.endswith(now)
     # summary in the manifest and beside the checkpoints
     gpu0, gpu1 = manifest.gpu.gpus
-    assert gpu0.mean_utilization == gpu0.p10_utilization == 97.0 and gpu0.peak_memory_gb == 31.2
-    assert gpu1.mean_utilization == 3.0 and gpu1.name == "Tesla T4"
+    assert gpu0.mean_utilization == gpu0.p10_utilization == 97.0
+    assert gpu0.peak_memory_gb == 31.2
+    assert gpu1.mean_utilization == 3.0
+    assert gpu1.name == "Tesla T4"
     (attempt,) = read_usage(out / "checkpoints")
-    assert attempt["steps"] == [0, manifest.steps] and attempt["gpus"][0]["samples"] >= 1
+    assert attempt["steps"] == [0, manifest.steps]
+    assert attempt["gpus"][0]["samples"] >= 1
     # the idle and nearly full GPU1 is warned about, once each; GPU0 is not
     warned = [
         r.getMessage()
         for r in caplog.records
         if r.name == MONITOR_LOGGER and r.levelno == logging.WARNING and "NVML sees" not in r.msg
     ]
-    assert warned == manifest.gpu.warnings and len(warned) == 2
+    assert warned == manifest.gpu.warnings
+    assert len(warned) == 2
     assert any("mostly idle" in w and "GPU1 3%" in w and "GPU0" not in w for w in warned)
     assert any(w.startswith("GPU1 memory is close to full") for w in warned)
     # TensorBoard scalars per GPU, NVML read on the monitor's thread only
@@ -117,8 +122,10 @@ def test_monitor_shows_in_the_run_and_leaves_the_weights_bit_equal(
     # the exported model's metadata.json holds the training's GPU summary
     export = export_model(out / "checkpoints", out / "export", ExportConfig(export_tflite=False))
     (meta,) = json.loads(export.metadata.read_text())["training_gpu"]
-    assert meta["monitored"] and meta["gpus"][1]["name"] == "Tesla T4"
-    assert meta["gpus"][0]["mean_utilization"] == 97.0 and len(meta["warnings"]) == 2
+    assert meta["monitored"]
+    assert meta["gpus"][1]["name"] == "Tesla T4"
+    assert meta["gpus"][0]["mean_utilization"] == 97.0
+    assert len(meta["warnings"]) == 2
 
 
 def test_a_monitor_that_raises_never_fails_the_training(
@@ -129,9 +136,11 @@ def test_a_monitor_that_raises_never_fails_the_training(
     with caplog.at_level(logging.INFO, logger=MONITOR_LOGGER):
         manifest, on, _ = _train(tiny_features, tmp_path, "raising", nvml, **FAST)
     assert all(np.array_equal(a, b) for a, b in zip(on, off, strict=True))
-    assert manifest.steps > 0 and "RuntimeError: NVML went away" in manifest.gpu.note
+    assert manifest.steps > 0
+    assert "RuntimeError: NVML went away" in manifest.gpu.note
     stopped = [r for r in caplog.records if "GPU monitor stopped" in r.getMessage()]
-    assert len(stopped) == 1 and stopped[0].levelno == logging.WARNING
+    assert len(stopped) == 1
+    assert stopped[0].levelno == logging.WARNING
 
 
 def test_on_this_machine_a_run_says_once_that_no_gpu_is_monitored(tiny_features, tmp_path, caplog):
@@ -149,7 +158,8 @@ def test_on_this_machine_a_run_says_once_that_no_gpu_is_monitored(tiny_features,
     lines = [r.getMessage() for r in caplog.records if "GPU" in r.getMessage()]
     said = [line for line in lines if line.startswith("no GPU is monitored: ")]
     assert len(said) == 1, lines
-    assert not manifest.gpu.monitored and manifest.gpu.note in said[0]
+    assert not manifest.gpu.monitored
+    assert manifest.gpu.note in said[0]
     assert read_usage(out / "checkpoints")[0]["monitored"] is False
 
 
@@ -189,7 +199,8 @@ def test_the_train_task_artifacts_show_the_gpu_section(tiny_features, tmp_path, 
         return train_model_task(config, features)
 
     state = one_training(return_state=True)
-    assert state.is_completed() and state.result().gpu.monitored
+    assert state.is_completed()
+    assert state.result().gpu.monitored
     keys = ["training-gpu", "training-loss", "training-progress"]
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
@@ -203,8 +214,10 @@ def test_the_train_task_artifacts_show_the_gpu_section(tiny_features, tmp_path, 
     assert "GPU0 97% 31.2/80 GB" in by_key["training-progress"].description
     assert "GPU0 mean 97% p10 97% peak 31.2/80 GB" in by_key["training-loss"].description
     (row,) = json.loads(by_key["training-gpu"].data)
-    assert row["gpu"] == "GPU0" and row["mean_utilization_%"] == 97.0
-    assert row["p10_utilization_%"] == 97.0 and row["peak_memory_gb"] == 31.2
+    assert row["gpu"] == "GPU0"
+    assert row["mean_utilization_%"] == 97.0
+    assert row["p10_utilization_%"] == 97.0
+    assert row["peak_memory_gb"] == 31.2
     # the monitor thread's own lines reach the task run's log too
     wanted = ["GPU monitor: sampling GPU0 (NVIDIA A100-SXM4-80GB)", "GPU0 97% 31.2/80 GB"]
     deadline, text = time.monotonic() + 30, ""

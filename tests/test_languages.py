@@ -11,6 +11,8 @@ import pytest
 from deepspeech_core.alphabet import Alphabet, UTF8Alphabet, alphabet_from_record
 from deepspeech_core.text import normalize_sentence
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 
 @pytest.mark.parametrize(
     "sentence, expected",
@@ -38,7 +40,8 @@ def test_normalisation_keeps_every_script(sentence, expected):
 def test_normalisation_composes_to_nfc():
     decomposed = "Cafe\u0301 u\u0308ber"
     out = normalize_sentence(decomposed)
-    assert out == "café über" and unicodedata.is_normalized("NFC", out)
+    assert out == "café über"
+    assert unicodedata.is_normalized("NFC", out)
 
 
 def test_right_to_left_stays_in_logical_order():
@@ -55,7 +58,8 @@ def test_ascii_folding_only_when_asked():
 def test_alphabet_of_combining_marks_round_trips(tmp_path):
     transcripts = [normalize_sentence(s) for s in ["नमस्ते दुनिया", "مَرْحَبًا"]]
     alphabet = Alphabet.from_transcripts(transcripts)
-    assert "\u094d" in alphabet.characters and "\u064e" in alphabet.characters  # virama, fatha
+    assert "\u094d" in alphabet.characters
+    assert "\u064e" in alphabet.characters  # virama, fatha
     alphabet.save(tmp_path / "alphabet.txt")
     loaded = Alphabet.load(tmp_path / "alphabet.txt")
     assert loaded == alphabet
@@ -65,14 +69,16 @@ def test_alphabet_of_combining_marks_round_trips(tmp_path):
 
 def test_utf8_alphabet_is_deepspeech_bytes_mode():
     alphabet = UTF8Alphabet()
-    assert alphabet.n_classes == 256 and alphabet.blank_index == 255
+    assert alphabet.n_classes == 256
+    assert alphabet.blank_index == 255
     labels = alphabet.encode("你好 a")
     np.testing.assert_array_equal(labels, np.frombuffer("你好 a".encode(), np.uint8) - 1)
     assert labels[6] == ord(" ") - 1  # DeepSpeech's space label in bytes mode: 31
     assert alphabet.decode(labels) == "你好 a"
     assert alphabet.decode([255, 254]) == "\ufffd"  # blank skipped; a lone 0xFF is invalid
     assert alphabet.decode([0xE4 - 1]) == "\ufffd"  # a truncated sequence: no exception
-    assert alphabet.missing("any текст 文字") == [] and alphabet.missing("a\x00") == ["\x00"]
+    assert alphabet.missing("any текст 文字") == []
+    assert alphabet.missing("a\x00") == ["\x00"]
 
 
 def test_utf8_alphabet_labels_as_bytes_and_serialisation():
@@ -80,7 +86,9 @@ def test_utf8_alphabet_labels_as_bytes_and_serialisation():
 
     alphabet = UTF8Alphabet()
     labels = alphabet.labels_as_bytes()
-    assert labels[0] == b"\x01" and labels[-1] == b"\xff" and len(labels) == 255
+    assert labels[0] == b"\x01"
+    assert labels[-1] == b"\xff"
+    assert len(labels) == 255
     blob = serialize_alphabet(alphabet_labels(alphabet))
     # Alphabet::Serialize: uint16 count, then (uint16 label, uint16 length, bytes) each
     assert struct.unpack_from("<H", blob, 0) == (255,)
@@ -98,10 +106,12 @@ def test_utf8_alphabet_labels_as_bytes_and_serialisation():
 def test_bytes_mode_alphabet_file_and_records(tmp_path):
     UTF8Alphabet().save(tmp_path / "alphabet.txt")
     loaded = Alphabet.load(tmp_path / "alphabet.txt")
-    assert isinstance(loaded, UTF8Alphabet) and loaded == UTF8Alphabet()
+    assert isinstance(loaded, UTF8Alphabet)
+    assert loaded == UTF8Alphabet()
     # a character alphabet of the same stand-ins (less the line breaks it cannot hold)
     plain = Alphabet(c for c in loaded.characters if c not in "\n\r")
-    assert loaded != plain and plain != loaded
+    assert loaded != plain
+    assert plain != loaded
     record = loaded.to_record()
     assert record["bytes_output_mode"] is True
     assert isinstance(alphabet_from_record(record), UTF8Alphabet)
@@ -163,10 +173,12 @@ def test_language_flags_fill_the_corpus_config(tmp_path):
 
     flags = {"normalize": True, "bytes_output_mode": True}
     cfg = build_config(None, {**flags, "filter_alphabet": str(tmp_path / "a.txt")})
-    assert cfg.corpus.normalize_ascii and cfg.corpus.bytes_output_mode
+    assert cfg.corpus.normalize_ascii
+    assert cfg.corpus.bytes_output_mode
     assert cfg.corpus.filter_alphabet == tmp_path / "a.txt"
     default = build_config(None, {})
-    assert not default.corpus.normalize_ascii and not default.corpus.bytes_output_mode
+    assert not default.corpus.normalize_ascii
+    assert not default.corpus.bytes_output_mode
 
 
 @pytest.mark.parametrize(

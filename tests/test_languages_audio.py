@@ -70,7 +70,8 @@ def test_filter_alphabet_rejects_rows_naming_the_characters(corpora, tmp_path):
     Alphabet(sorted(letters - {dropped}) + [" "]).save(tmp_path / "filter.txt")
     manifest = _validate(german, tmp_path / "work", filter_alphabet=tmp_path / "filter.txt")
     rejected = pd.read_csv(manifest.rejected_csv, keep_default_na=False)
-    assert len(rejected) > 0 and set(rejected.reason) == {"alphabet"}
+    assert len(rejected) > 0
+    assert set(rejected.reason) == {"alphabet"}
     assert all(repr(dropped) in d for d in rejected.detail)
     rows = pd.concat(pd.read_csv(p, keep_default_na=False) for p in manifest.splits.values())
     assert len(rows) + len(rejected) == 8
@@ -81,7 +82,8 @@ def test_filter_alphabet_rejects_rows_naming_the_characters(corpora, tmp_path):
 def test_normalize_folds_to_ascii_only_when_asked(corpora, tmp_path):
     folded = _validate(corpora["de"], tmp_path / "ascii", normalize_ascii=True)
     text = "".join(pd.read_csv(folded.splits["train"], keep_default_na=False).transcript)
-    assert text.isascii() and "ü" not in text
+    assert text.isascii()
+    assert "ü" not in text
     kept = _validate(corpora["de"], tmp_path / "kept")
     report = json.loads(kept.report_path.read_text())
     assert set(report["alphabet"]) & set("äöüß")
@@ -92,4 +94,5 @@ def test_bytes_output_mode_import_writes_the_marker_alphabet(corpora, tmp_path):
     assert isinstance(Alphabet.load(manifest.alphabet_path), UTF8Alphabet)
     train = pd.read_csv(manifest.splits["train"], keep_default_na=False)
     text = "".join(train.transcript)
-    assert all("\u4e00" <= c <= "\u9fff" or c == " " for c in text) and len(text) > 6
+    assert all("\u4e00" <= c <= "\u9fff" or c == " " for c in text)
+    assert len(text) > 6

@@ -25,7 +25,7 @@ from deepspeech_core.evaluation import decode_split, evaluate
 from deepspeech_core.export import export_model, verification_clips
 from deepspeech_core.metrics import corpus_error_rates
 from deepspeech_core.transcriber import Transcriber
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,
@@ -90,13 +90,15 @@ def test_a_cyrillic_model_learns(russian):
     cer = corpus_error_rates(index.transcripts, texts)[1]
     cer_untrained = corpus_error_rates(index.transcripts, untrained)[1]
     assert any(texts), texts
-    assert cer < 0.9 and cer < 0.5 * cer_untrained, (cer, cer_untrained, texts)
+    assert cer < 0.9, (cer, cer_untrained, texts)
+    assert cer < 0.5 * cer_untrained, (cer, cer_untrained, texts)
 
 
 def test_mandarin_bytes_mode_trains_evaluates_exports_and_transcribes(mandarin_bytes, tmp_path):
     cfg, corpus, features, trained = mandarin_bytes
     model, spec, _ = load_model(trained.checkpoint_dir, "best")
-    assert isinstance(spec.alphabet, UTF8Alphabet) and model.output_shape[-1] == 256
+    assert isinstance(spec.alphabet, UTF8Alphabet)
+    assert model.output_shape[-1] == 256
     evaluation = evaluate(features, trained.checkpoint_dir, cfg.evaluation, tmp_path / "greedy")
     samples = json.loads(evaluation.test_output_path.read_text())
     assert all(isinstance(s["res"], str) for s in samples)  # whatever bytes it wrote
@@ -112,7 +114,8 @@ def test_mandarin_bytes_mode_trains_evaluates_exports_and_transcribes(mandarin_b
         verification_clips(features),
     )
     metadata = json.loads(exported.metadata.read_text())
-    assert metadata["bytes_output_mode"] is True and metadata["alphabet"] == ""
+    assert metadata["bytes_output_mode"] is True
+    assert metadata["alphabet"] == ""
     assert isinstance(Alphabet.load(exported.alphabet), UTF8Alphabet)
     assert "UTF-8 bytes" in exported.model_card.read_text()
     assert set(exported.tflite) == {"model.tflite", "model.quant.tflite"}
@@ -139,7 +142,8 @@ def test_mandarin_bytes_mode_trains_evaluates_exports_and_transcribes(mandarin_b
         pytest.skip(f"libdeepspeech 0.9.3 is not available: {exc}")
     client = Transcriber(tmp_path / "export", "deepspeech")
     texts = [client.transcribe_file(s["wav_filename"]) for s in samples]
-    assert len(texts) == len(samples) and all(isinstance(t, str) for t in texts)
+    assert len(texts) == len(samples)
+    assert all(isinstance(t, str) for t in texts)
 
 
 def test_transfer_from_a_character_model_into_bytes_output_mode(russian, mandarin_bytes, tmp_path):
@@ -164,7 +168,8 @@ def test_transfer_from_a_character_model_into_bytes_output_mode(russian, mandari
     train(features, cfg.model, cfg.features, drop_one, tmp_path / "transfer")
     target, spec, _ = load_model(tmp_path / "transfer", "last")
     source, _, _ = load_model(source_cfg.checkpoint_dir, "best")
-    assert isinstance(spec.alphabet, UTF8Alphabet) and target.output_shape[-1] == 256
+    assert isinstance(spec.alphabet, UTF8Alphabet)
+    assert target.output_shape[-1] == 256
     for a, b in zip(
         target.get_layer("lstm").get_weights(), source.get_layer("lstm").get_weights(), strict=True
     ):

@@ -2,6 +2,8 @@ import pytest
 
 from deepspeech_core.metrics import corpus_error_rates, error_counts
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 
 def test_hand_worked_sample():
     # "the cat sat" -> "the bat sat on": 1 substitution + 1 insertion over 3 words.

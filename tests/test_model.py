@@ -19,7 +19,9 @@ def test_layout_matches_deepspeech():
     # cuDNN-eligible settings, so a GPU takes the fused kernel; forget bias starts at 0.
     assert lstm.activation is keras.activations.tanh
     assert lstm.recurrent_activation is keras.activations.sigmoid
-    assert lstm.recurrent_dropout == 0 and not lstm.unroll and lstm.use_bias
+    assert lstm.recurrent_dropout == 0
+    assert not lstm.unroll
+    assert lstm.use_bias
     np.testing.assert_array_equal(lstm.cell.bias.numpy(), 0)
     assert model.get_layer("layer_6").kernel.shape == (16, 29)
     # Every dropout layer's seed state is in the RNG state that checkpoints must hold.
@@ -35,7 +37,8 @@ def test_outputs_per_frame_and_clipped_relu():
     assert tuple(model(x).shape) == (3, 11, 5)
     layer_1 = keras.Model(model.input, model.get_layer("layer_1_relu").output)
     activations = layer_1(x).numpy()
-    assert activations.min() >= 0 and activations.max() <= 20.0
+    assert activations.min() >= 0
+    assert activations.max() <= 20.0
     assert (activations == 20.0).any()
 
 

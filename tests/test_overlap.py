@@ -98,5 +98,6 @@ def test_the_cli_says_what_to_do(tmp_path):
         ],
     )
     assert result.exit_code == ErrorKind.CONFIG, result.output
-    assert "error: --test_files" in result.output and "Copy it out of there" in result.output
+    assert "error: --test_files" in result.output
+    assert "Copy it out of there" in result.output
     assert (workdir / "corpus" / "test.csv").read_text() == CSV

@@ -53,12 +53,14 @@ def _check_progress_reports(events: list[progress.StageProgress]) -> None:
     clips = of("features")[-1].total
     assert sum(e.advance for e in of("features")) == clips == of("features")[-1].done > 0
     steps = [e.done for e in of("train")]
-    assert steps == sorted(steps) and steps[-1] == of("train")[-1].total
+    assert steps == sorted(steps)
+    assert steps[-1] == of("train")[-1].total
     history_file = next(Path("deepspeech-data/checkpoints").rglob("history.json"))
     history = json.loads(history_file.read_text())
     assert of("train")[-1].info["dev_loss"] == pytest.approx(history["dev_loss"][-1])
     assert of("evaluate")[-1].done == of("evaluate")[-1].total > 0
-    assert of("export")[-1].done == 3 and of("export")[-1].info["step"] == "v1"
+    assert of("export")[-1].done == 3
+    assert of("export")[-1].info["step"] == "v1"
 
 
 @pytest.fixture
@@ -79,20 +81,27 @@ def test_readme_commands_work_as_written(in_tmp, prefect_harness):
     events: list[progress.StageProgress] = []
     with progress.listening(events.append):  # what the terminal's progress bars are fed
         out = _invoke(run + TINY)
-    assert "exported:" in out and "now current" in out
+    assert "exported:" in out
+    assert "now current" in out
     _check_progress_reports(events)
     workdir = in_tmp / "deepspeech-data"
     assert (workdir / "export" / "current").is_symlink()
 
     shutil.copy(next((workdir / "corpus" / "clips").glob("*.wav")), "clip.wav")
     out = _invoke(readme_command("transcribe --model deepspeech-data"))
-    assert "clip.wav\t" in out and "other.mp3\t" in out
+    assert "clip.wav\t" in out
+    assert "other.mp3\t" in out
 
     out = _invoke(readme_command("status"))
-    assert "corpus:" in out and "train " in out and "trainings:" in out
-    assert "current ->" in out and "v1" in out and "completed" in out
+    assert "corpus:" in out
+    assert "train " in out
+    assert "trainings:" in out
+    assert "current ->" in out
+    assert "v1" in out
+    assert "completed" in out
     status = json.loads(_invoke([*readme_command("status"), "--json"]))
-    assert status["trainings"][0]["step"] > 0 and status["exports"][0]["current"]
+    assert status["trainings"][0]["step"] > 0
+    assert status["exports"][0]["current"]
     assert status["last_run"]["outcome"] == "completed"
     assert set(status["last_run"]["stage_seconds"]) >= {"validate", "features", "train"}
 
@@ -100,7 +109,8 @@ def test_readme_commands_work_as_written(in_tmp, prefect_harness):
     assert "-> v1" in out
 
     out = _invoke(readme_command("build-lm"))
-    assert Path("lm.arpa").is_file() and "3-gram" in out
+    assert Path("lm.arpa").is_file()
+    assert "3-gram" in out
     evaluate = readme_command("evaluate --corpus") + ["--beam_width", "16"]
     try:
         find_tool("build_binary")  # `make test` compiles it (`make kenlm`)
@@ -118,6 +128,7 @@ def test_readme_commands_work_as_written(in_tmp, prefect_harness):
     if not tf.config.list_physical_devices("GPU"):
         result = CliRunner().invoke(app, ["train", "--corpus", "cv/en", "--require_gpu", *TINY])
         assert result.exit_code == ErrorKind.DEVICE, result.output
-        assert result.output.startswith("error: --require_gpu") and "Traceback" not in result.output
+        assert result.output.startswith("error: --require_gpu")
+        assert "Traceback" not in result.output
         status = json.loads(_invoke(["status", "--json"]))
         assert status["last_run"]["outcome"].startswith("failed: DeviceError")

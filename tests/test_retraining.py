@@ -13,7 +13,7 @@ from deepspeech_core.export import export_model
 from deepspeech_core.locking import LockedError, workdir_lock
 from deepspeech_core.promotion import decide
 from flows.train_cv import train_cv
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 
@@ -53,7 +53,8 @@ def test_retraining_warm_starts_and_promotes_only_a_model_that_is_no_worse(
     warm = train_cv(config=config(workdir, cv, 128, learning_rate=1e-9))
     assert warm.training.initialized_from == champion.export_dir / "checkpoint"
     assert warm.evaluation.wer < 1.0, "a warm start, not a 1-epoch model from scratch"
-    assert warm.export.promoted and warm.export.version == "v2"
+    assert warm.export.promoted
+    assert warm.export.version == "v2"
     assert export_store.current(workdir / "export").name == "v2"
 
     # 2. the corpus grows; a run from scratch imports/featurises only the new clips and
@@ -64,7 +65,8 @@ def test_retraining_warm_starts_and_promotes_only_a_model_that_is_no_worse(
     assert scratch.features.computed == added
     assert scratch.training.initialized_from is None
     assert scratch.training.checkpoint_dir != warm.training.checkpoint_dir, "a new training"
-    assert not scratch.export.promoted and scratch.export.version == "v3"
+    assert not scratch.export.promoted
+    assert scratch.export.version == "v3"
     assert "worse than the current model's" in scratch.export.promotion_reason
     assert export_store.current(workdir / "export").name == "v2"
     assert (workdir / "export" / "v3" / "saved_model").is_dir(), "kept beside it"

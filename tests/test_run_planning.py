@@ -29,7 +29,7 @@ from deepspeech_core.training_runs import (
     with_training,
 )
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.unit  # `make test-fast`
 
 
 def _fake_training(path: Path) -> Path:

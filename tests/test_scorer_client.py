@@ -52,7 +52,8 @@ def test_client_accepts_the_scorer_and_decodes_better_with_it(client_setup, tmp_
     wavs = list(test.wav_filename)
     plain = run_client(lib, graph, wavs, beam_width=256)
     with_lm = run_client(lib, graph, wavs, scorer=scorer, beam_width=256)
-    assert plain["create"] == 0 and with_lm["create"] == 0
+    assert plain["create"] == 0
+    assert with_lm["create"] == 0
     assert with_lm["scorer"] == 0, with_lm["scorer_message"]
     references = list(test.transcript)
     wer_plain, _ = corpus_error_rates(references, plain["texts"])
@@ -65,7 +66,8 @@ def test_client_accepts_the_scorer_and_decodes_better_with_it(client_setup, tmp_
     prefixes = {w[:n] for w in vocabulary for n in range(1, len(w) + 1)}
     for text in with_lm["texts"]:
         *words, last = text.split() or [""]
-        assert all(w in vocabulary for w in words) and (not last or last in prefixes), text
+        assert all(w in vocabulary for w in words), text
+        assert not last or last in prefixes, text
     assert any(text.strip() for text in with_lm["texts"])
 
     # A package without its trie, or a bare ARPA, is refused by the same client.

@@ -23,6 +23,8 @@ from deepspeech_core.scorer_package import (
     trie_words,
 )
 
+pytestmark = pytest.mark.unit  # `make test-fast`
+
 ENGLISH = Alphabet(" abcdefghijklmnopqrstuvwxyz'")
 
 
@@ -37,16 +39,19 @@ def test_trie_is_minimal_sorted_and_reads_back_at_any_offset():
         assert [lb for lb, _ in arcs] == sorted(lb for lb, _ in arcs), "ilabel-sorted"
         assert all(dst > src for _, dst in arcs), "topologically numbered"
     small = build_trie(["bat", "cat", "hat"], ENGLISH)
-    assert len(small.final) == 5 and small.n_arcs == 6, "shared suffix states merged"
+    assert len(small.final) == 5, "shared suffix states merged"
+    assert small.n_arcs == 6, "shared suffix states merged"
     # labels are alphabet index + 1 (0 is epsilon), as Scorer::setup_char_map makes them,
     # and every word ends with the space's label (add_word_to_dictionary appends it)
     assert sorted(lb for lb, _ in small.arcs[0]) == [3, 4, 9]
-    assert small.arcs[3] == [(1, 4)] and small.final == [False] * 4 + [True]
+    assert small.arcs[3] == [(1, 4)]
+    assert small.final == [False] * 4 + [True]
 
     for offset in (0, 7, 25, 4093):
         data = b"x" * offset + const_fst_bytes(trie, offset)
         back = parse_const_fst(data, offset)
-        assert back.final == trie.final and back.arcs == trie.arcs
+        assert back.final == trie.final
+        assert back.arcs == trie.arcs
         assert trie_words(back, ENGLISH) == expected
 
 
@@ -56,21 +61,25 @@ def test_const_fst_binary_layout():
     data = const_fst_bytes(trie, offset)
     magic, n = struct.unpack_from("<ii", data, 0)
     assert (magic, n, data[8:13]) == (FST_MAGIC, 5, b"const")
-    assert struct.unpack_from("<i", data, 13)[0] == 8 and data[17:25] == b"standard"
+    assert struct.unpack_from("<i", data, 13)[0] == 8
+    assert data[17:25] == b"standard"
     version, flags, props, start, n_states, n_arcs = struct.unpack_from("<iiQqqq", data, 25)
     assert (version, flags, start) == (1, 4, 0), "aligned ConstFst version 1, IS_ALIGNED"
-    assert props & 0x10000000 and props & 0x1, "kILabelSorted and kExpanded"
+    assert props & 0x10000000, "kILabelSorted and kExpanded"
+    assert props & 0x1, "kILabelSorted and kExpanded"
     # "ab " and "b ": start -a-> x -b-> y -space-> final, start -b-> y
     assert (n_states, n_arcs) == (4, 4)
     header_end = 25 + 4 + 4 + 8 + 8 + 8 + 8
     states_at = header_end + (-(offset + header_end) % 16)
-    assert (offset + states_at) % 16 == 0 and set(data[header_end:states_at]) <= {0}
+    assert (offset + states_at) % 16 == 0
+    assert set(data[header_end:states_at]) <= {0}
     states = [struct.unpack_from("<fIIII", data, states_at + 20 * i) for i in range(4)]
     assert states[0] == (math.inf, 0, 2, 0, 0), "start: not final, two arcs from 0"
     assert [s[0] for s in states].count(0.0) == 1, "one final state, weight One() = 0"
     arcs_at = states_at + 80 + (-(offset + states_at + 80) % 16)
     arcs = [struct.unpack_from("<iifi", data, arcs_at + 16 * i) for i in range(4)]
-    assert arcs[0][:3] == (2, 2, 0.0) and arcs[1][:3] == (3, 3, 0.0), "a=2, b=3: sorted"
+    assert arcs[0][:3] == (2, 2, 0.0), "a=2, b=3: sorted"
+    assert arcs[1][:3] == (3, 3, 0.0), "a=2, b=3: sorted"
     assert arcs[3][:3] == (1, 1, 0.0), "the space (label 1) ends every word"
     assert len(data) == arcs_at + 64
 
@@ -80,14 +89,17 @@ def test_package_header_follows_the_kenlm_data():
     data = package_bytes(lm, ["abc", "cab"], ENGLISH, 0.75, 1.85)
     assert find_package_header(data) == len(lm)
     magic, version, utf8, alpha, beta = struct.unpack_from("<iib2d", data, len(lm))
-    assert data[len(lm) : len(lm) + 4] == b"EIRT" and version == 6 and utf8 == 0
+    assert data[len(lm) : len(lm) + 4] == b"EIRT"
+    assert version == 6
+    assert utf8 == 0
     assert (alpha, beta) == (0.75, 1.85)
     assert find_package_header(lm) is None
     utf8_package = package_bytes(lm, ["añb"], None, 1.0, 2.0)
     start = find_package_header(utf8_package)
     assert utf8_package[start + 8] == 1, "bytes output mode flag"
     trie = parse_const_fst(utf8_package, start + 25)
-    assert trie_words(trie, None) == ["añb"] and trie.n_arcs == 4, "UTF-8 bytes as labels"
+    assert trie_words(trie, None) == ["añb"], "UTF-8 bytes as labels"
+    assert trie.n_arcs == 4, "UTF-8 bytes as labels"
 
 
 @pytest.fixture(scope="module")

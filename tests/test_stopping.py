@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from deepspeech_core import stopping
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # noqa: F401 - Prefect's logging set up outside CliRunner
-from tests.conftest import newest_checkpoint_step
+from tests.helpers import newest_checkpoint_step
 
 REPO = Path(__file__).resolve().parents[1]
 # Docker's default grace between SIGTERM and SIGKILL: a tiny model must stop well within it.
@@ -147,7 +147,8 @@ def test_sigint_sigterm_sigkill_stop_cleanly_and_resume_bit_exact(tiny_cv, tmp_p
         assert result.exit_code == 0, result.output + repr(result.exception)
         assert f"step {STEPS}, epochs {EPOCHS}" in result.output
     resumed, reference = _final_weights(workdir), _final_weights(tmp_path / "uninterrupted")
-    assert resumed.keys() == reference.keys() and any("lstm" in k for k in reference)
+    assert resumed.keys() == reference.keys()
+    assert any("lstm" in k for k in reference)
     different = [k for k in reference if not np.array_equal(resumed[k], reference[k])]
     assert not different, f"after stops at {stops}, these differ: {different}"
     print("stops (signal, step, seconds to exit):", stops)
@@ -191,9 +192,8 @@ def test_stop_request_is_raised_only_where_checked():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.1)  # the handler runs between bytecodes
         assert stopping.requested() == signal.SIGTERM
-        with pytest.raises(stopping.StopRequested) as stop:
+        with pytest.raises(stopping.StopRequested, match="SIGTERM: stopped training at step 12"):
             stopping.check("training", step=12)
-        assert "SIGTERM: stopped training at step 12" in str(stop.value)
     assert signal.getsignal(signal.SIGTERM) is before
     stopping.clear()
 
@@ -221,7 +221,8 @@ def test_pool_workers_end_with_the_command_that_started_them(tmp_path):
     )
     workers = [psutil.Process(int(p)) for p in proc.stdout.readline().split()]
     started = psutil.Process(proc.pid).children(recursive=True)
-    assert workers and all(w in started for w in workers)
+    assert workers
+    assert all(w in started for w in workers)
     for worker in workers:  # what Ctrl-C sends them: they leave the stop to the parent
         worker.send_signal(signal.SIGINT)
     time.sleep(0.5)

@@ -57,11 +57,14 @@ def test_training_bar_shows_epoch_loss_dev_loss_speed_and_both_etas():
                 dev_loss=0.7 if step > 10 else float("nan"),
             )
     text = console.export_text()
-    assert "15/30" in text and "epoch 2/3" in text
-    assert "loss 0.500" in text and "dev 0.700" in text
+    assert "15/30" in text
+    assert "epoch 2/3" in text
+    assert "loss 0.500" in text
+    assert "dev 0.700" in text
     assert "8 audio-s/s" in text  # 8 audio-seconds per one-second step
     # 14 steps in 14 s since the first report: 5 steps left in the epoch, 15 in the run
-    assert "ETA epoch 0:05" in text and "run 0:15" in text
+    assert "ETA epoch 0:05" in text
+    assert "run 0:15" in text
 
 
 def test_clip_bars_show_throughput_and_eta_and_nothing_without_a_listener():
@@ -76,9 +79,14 @@ def test_clip_bars_show_throughput_and_eta_and_nothing_without_a_listener():
         clock.now += 1.0
         progress.report("features", 0, advance=20, audio_seconds=50.0)
     text = console.export_text()
-    assert "import audio" in text and "50/100" in text
-    assert "5.0/s" in text and "15 audio-s/s" in text and "ETA 0:10" in text
-    assert "features" in text and "20/40" in text and "ETA 0:01" in text
+    assert "import audio" in text
+    assert "50/100" in text
+    assert "5.0/s" in text
+    assert "15 audio-s/s" in text
+    assert "ETA 0:10" in text
+    assert "features" in text
+    assert "20/40" in text
+    assert "ETA 0:01" in text
     progress.report("import", 1, 1)  # nobody listens: a no-op
 
 
@@ -100,7 +108,8 @@ def no_flow(monkeypatch):
 
 def _one_line_error(output: str) -> str:
     lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert len(lines) == 1, output
+    assert lines[0].startswith("error: "), output
     assert "Traceback" not in output
     return lines[0]
 
@@ -111,7 +120,8 @@ def test_missing_corpus_is_one_line_before_prefect(tmp_path, no_flow):
     assert "does not exist" in _one_line_error(out)
     (tmp_path / "cv").mkdir()
     code, out = _run_cli(["train", "--corpus", str(tmp_path / "cv")])
-    assert code == ErrorKind.DATA and "no clips/ folder" in _one_line_error(out)
+    assert code == ErrorKind.DATA
+    assert "no clips/ folder" in _one_line_error(out)
 
 
 def test_unreadable_csv_and_missing_columns(tmp_path, no_flow):
@@ -119,7 +129,8 @@ def test_unreadable_csv_and_missing_columns(tmp_path, no_flow):
     bad.write_text("path,sentence\nx.wav,hello\n")
     code, out = _run_cli(["train", "--train_files", str(bad)])
     assert code == ErrorKind.DATA
-    assert "wav_filename" in _one_line_error(out) and str(bad) in out
+    assert "wav_filename" in _one_line_error(out)
+    assert str(bad) in out
 
 
 def test_busy_workdir_is_one_line_with_the_holder(tmp_path, tiny_csv, no_flow):
@@ -129,7 +140,8 @@ def test_busy_workdir_is_one_line_with_the_holder(tmp_path, tiny_csv, no_flow):
         code, out = _run_cli(["run", "--train_files", str(tiny_csv), "--workdir", str(workdir)])
     assert code == ErrorKind.BUSY
     line = _one_line_error(out)
-    assert f"pid {os.getpid()}" in line and "use another --workdir" in line
+    assert f"pid {os.getpid()}" in line
+    assert "use another --workdir" in line
 
 
 @pytest.fixture
@@ -159,10 +171,12 @@ def test_config_file_errors_are_one_line(tmp_path, tiny_csv, no_flow, content, e
 
 def test_bad_flag_values_are_one_line(tiny_csv, no_flow):
     code, out = _run_cli(["train", "--train_files", str(tiny_csv), "--augment", "warp[p=1]"])
-    assert code == ErrorKind.CONFIG and "unknown augmentation" in _one_line_error(out)
+    assert code == ErrorKind.CONFIG
+    assert "unknown augmentation" in _one_line_error(out)
     code, out = _run_cli(["train", "--train_files", str(tiny_csv), "--epochs", "-1"])
     assert code == ErrorKind.CONFIG
-    assert "training.epochs" in _one_line_error(out) and "-1" in out
+    assert "training.epochs" in _one_line_error(out)
+    assert "-1" in out
 
 
 def test_debug_shows_the_exception(tmp_path, no_flow):
@@ -224,11 +238,13 @@ def test_every_boolean_flag_in_every_spelling(monkeypatch, flag):
 def test_deepspeech_augment_examples_work_with_their_semantics():
     # DeepSpeech's own example: add noise to the signal
     on_signal = parse_augmentation("add[p=0.1,domain=signal,stddev=0~0.5]")
-    assert isinstance(on_signal, OnSignal) and on_signal.sample_domain
+    assert isinstance(on_signal, OnSignal)
+    assert on_signal.sample_domain
     rng = np.random.default_rng(1)
     audio = np.zeros(1600)
     noisy = on_signal.apply_audio(audio, 16000, rng, 0.0)
-    assert noisy.shape == audio.shape and np.abs(noisy).max() > 0
+    assert noisy.shape == audio.shape
+    assert np.abs(noisy).max() > 0
     x = np.ones((40, 26), np.float32)
     # draws from 0±0.5 are often negative: DeepSpeech treats them as their magnitude
     for spec in ("add[p=1,stddev=0~0.5]", "multiply[p=1,stddev=0~0.5]"):
@@ -263,11 +279,11 @@ def test_expected_errors_are_not_retried_but_crashes_are(prefect_harness):
     def attempt(exc: Exception) -> None:
         fails(exc)
 
-    with pytest.raises(DeviceError):
+    with pytest.raises(DeviceError, match="no GPU is visible"):
         attempt(DeviceError("--require_gpu: no GPU is visible"))
     assert attempts == ["DeviceError"]
     attempts.clear()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="worker lost"):
         attempt(RuntimeError("worker lost"))
     assert attempts == ["RuntimeError"] * 3
 
@@ -331,10 +347,12 @@ def test_status_shows_corpus_trainings_exports_and_last_run(tmp_path):
     assert f"in use by pid {os.getpid()}" in out
     assert re.search(r"current -> v1\s+test WER\s+0.3100", out)
     assert re.search(r"\bv2\s+test WER\s+0.4200", out)
-    assert "failed: CorpusError: no clips" in out and "validate 1.5 s" in out
+    assert "failed: CorpusError: no clips" in out
+    assert "validate 1.5 s" in out
     assert code_json == 0, out_json
     data = __import__("json").loads(out_json)
     assert [e["current"] for e in data["exports"]] == [True, False]
     assert data["trainings"][0]["held_by"]["pid"] == os.getpid()
     code, out = _run_cli(["status", "--workdir", str(tmp_path / "none")])
-    assert code == 0 and "no such work directory" in out
+    assert code == 0
+    assert "no such work directory" in out

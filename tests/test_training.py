@@ -36,11 +36,13 @@ def test_batch_plan_is_deterministic_and_complete():
 
 def test_loss_goes_down_and_checkpoints_describe_the_model(trained):
     cfg, _, _, result = trained
-    assert result.epochs == 2 and len(result.train_loss_history) == 2
+    assert result.epochs == 2
+    assert len(result.train_loss_history) == 2
     assert result.dev_loss_history[1] < result.dev_loss_history[0]
     assert result.best_checkpoint is not None
     spec = json.loads((cfg.checkpoint_dir / "model.json").read_text())
-    assert spec["model"]["n_hidden"] == 32 and spec["features"]["n_input"] == 26
+    assert spec["model"]["n_hidden"] == 32
+    assert spec["features"]["n_input"] == 26
     model, loaded_spec, _ = load_model(cfg.checkpoint_dir)
     assert loaded_spec.alphabet.n_classes == model.output_shape[-1]
 
@@ -48,7 +50,8 @@ def test_loss_goes_down_and_checkpoints_describe_the_model(trained):
 def test_rerun_of_finished_training_does_no_steps(trained):
     cfg, _, features, result = trained
     again = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
-    assert again.steps == result.steps and again.resumed_from_step == result.steps
+    assert again.steps == result.steps
+    assert again.resumed_from_step == result.steps
 
 
 def test_interrupted_run_resumes_at_the_next_batch(trained, tmp_path):
@@ -59,9 +62,9 @@ def test_interrupted_run_resumes_at_the_next_batch(trained, tmp_path):
     def stop_at_step_5(p):  # epoch 1, batch 1 (4 batches per epoch)
         seen.append(p.step)
         if p.step == 5:
-            raise Interrupt
+            raise Interrupt("stopped at step 5")
 
-    with pytest.raises(Interrupt):
+    with pytest.raises(Interrupt, match="stopped at step 5"):
         train(
             features,
             cfg.model,
@@ -81,8 +84,10 @@ def test_interrupted_run_resumes_at_the_next_batch(trained, tmp_path):
         on_progress=lambda p: resumed_steps.append(p.step),
     )
     assert result.resumed_from_step == 4
-    assert resumed_steps[0] == 5 and resumed_steps[-1] == uninterrupted.steps
-    assert result.epochs == 2 and len(result.dev_loss_history) == 2
+    assert resumed_steps[0] == 5
+    assert resumed_steps[-1] == uninterrupted.steps
+    assert result.epochs == 2
+    assert len(result.dev_loss_history) == 2
     # Same seed, same batches, restored dropout RNG: the same weights as never stopping.
     a, _, _ = load_model(checkpoint_dir, "train")
     b, _, _ = load_model(cfg.checkpoint_dir, "train")
@@ -122,10 +127,18 @@ def test_non_finite_batches_are_skipped_then_training_stops(trained, tmp_path, m
 
 
 def test_training_with_augmentation(trained, tmp_path):
+    """Feature augmentation changes what the model trains on (and so its losses)."""
     cfg, _, features, _ = trained
-    training = cfg.training.model_copy(
+    plain = cfg.training.model_copy(update={"deterministic": True})
+    training = plain.model_copy(
         update={"augment": ["frequency_mask[p=0.8,n=2:4,size=2:4]", "tempo[p=0.5,factor=1.1~0.1]"]}
     )
     result = train(features, cfg.model, cfg.features, training, tmp_path / "ckpt")
+    baseline = train(features, cfg.model, cfg.features, plain, tmp_path / "plain")
     assert result.epochs == 2
     assert all(np.isfinite(result.train_loss_history + result.dev_loss_history))
+    # Same seed, deterministic ops: only the masks can make the training losses differ.
+    assert result.train_loss_history != pytest.approx(baseline.train_loss_history, rel=1e-6)
+    # Dev batches are never augmented: the first epoch's dev loss differs only by the
+    # weights the augmented steps produced.
+    assert result.dev_loss_history[0] != pytest.approx(baseline.dev_loss_history[0], rel=1e-6)

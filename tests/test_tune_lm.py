@@ -33,7 +33,9 @@ def test_tune_lm_finds_writes_and_hands_on_the_best_pair(speaking_model, tmp_pat
     )
 
     result = tune_lm_flow(config=cfg, n_trials=8, lm_alpha_max=3.0, lm_beta_max=3.0)
-    assert len(result.trials) == 8 and result.split == "dev" and result.clips > 0
+    assert len(result.trials) == 8
+    assert result.split == "dev"
+    assert result.clips > 0
     assert result.wer == min(t.wer for t in result.trials)
     assert {(t.lm_alpha, t.lm_beta) for t in result.trials} >= {(result.lm_alpha, result.lm_beta)}
     assert all(0 <= t.lm_alpha <= 3 and 0 <= t.lm_beta <= 3 for t in result.trials)
