@@ -123,6 +123,7 @@ serve: setup
 	$(BIN)/python deployments/stack.py up --workdir "$(DEEPSPEECH_WORKDIR)" \
 	  --corpus "$(DEEPSPEECH_CORPUS)" --port $(PREFECT_PORT)
 
+# stack.py needs the venv (psutil, Prefect's client): without it, `make setup` first.
 stop:
-	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) deployments/stack.py down \
-	  --workdir "$(DEEPSPEECH_WORKDIR)"
+	@test -x $(BIN)/python || { echo "make stop needs $(BIN) (psutil): run make setup first" >&2; exit 1; }
+	@$(BIN)/python deployments/stack.py down --workdir "$(DEEPSPEECH_WORKDIR)"

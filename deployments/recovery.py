@@ -23,19 +23,11 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterParentFlowRunId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    TaskRunFilter,
-    TaskRunFilterState,
-    TaskRunFilterStateType,
-)
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.runtime import flow_run
 from prefect.states import Crashed
+
+from deployments.run_states import close_unfinished_children
 
 RESTART_TAG = "restart:"
 ORIGIN_TAG = "restart-of:"
@@ -75,25 +67,8 @@ def crash_leftovers(client: SyncPrefectClient, run: FlowRun) -> int:
 
     The killed process could not report them, so the UI would show them running forever.
     """
-    active = [StateType.PENDING, StateType.RUNNING]
     message = f"its flow run {run.name} ({run.id}) crashed"
-    tasks = client.read_task_runs(
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
-        task_run_filter=TaskRunFilter(
-            state=TaskRunFilterState(type=TaskRunFilterStateType(any_=active))
-        ),
-    )
-    subflows = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]),
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=active)),
-        )
-    )
-    for task_run in tasks:
-        client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
-    for subflow in subflows:
-        client.set_flow_run_state(subflow.id, Crashed(message=message), force=True)
-    return len(tasks) + len(subflows)
+    return close_unfinished_children(client, run.id, Crashed(message=message))
 
 
 def _run_name() -> str:

@@ -10,19 +10,32 @@ stack's own PREFECT_SERVER_API_AUTH_STRING: a server on 127.0.0.1 is still open 
 local account, so its API answers only requests carrying that string (the worker, its
 flow runs and the Prefect CLI get it as PREFECT_API_AUTH_STRING; the UI asks for it).
 `up` is idempotent (a running server or worker is kept); `down` stops exactly the
-processes `up` started: each one was started as the leader of its own process group and
-is recorded with its start time, so a pid the system has since given to another program
-is left alone. The worker's flow runs (their own process groups) are stopped with it and
-marked Cancelled.
+processes `up` started, and the worker's flow runs with them, marked Cancelled.
 
-Standard library only, so that `down` works whatever state the venv is in; the Prefect
-CLI does the Prefect work. Linux (/proc).
+Prefect does the Prefect work: `prefect server start` serves, `prefect server status
+--wait` says when it answers, `prefect worker start --type process` creates the work
+pool if needed, `prefect deploy` deploys, and API calls go through Prefect's client;
+psutil walks process trees and tells a process from a later one given the same pid.
+What stays here is what Prefect 3.9's CLI cannot do for a stack that must be stopped
+exactly and safely (checked against `prefect server start --help` and its source):
+
+- `prefect server start --background` leaves the server's stdout/stderr on pipes whose
+  reader exits at once (no log to read when it fails; every log line is a broken-pipe
+  write), keeps it in the starting command's process group (a Ctrl-C during `make
+  serve` or a hangup of that terminal stops it), and writes a bare pid to
+  PREFECT_HOME/server.pid that `prefect server stop` SIGTERMs unchecked: a pid the
+  system has since given to another program would get the signal. So the server is
+  started in the foreground mode, in a session of its own, logging to a file.
+- A process worker has no stop command, and nothing stops its flow runs (each in a
+  process group of its own) or records them as stopped.
+
+Each process is recorded with its start time; a pid the system has since reused is
+left alone. Linux.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import os
@@ -32,10 +45,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
@@ -58,78 +76,78 @@ class StackError(RuntimeError):
     pass
 
 
-# --- processes -------------------------------------------------------------------------
+# --- processes (psutil) ----------------------------------------------------------------
 
 
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None when it is gone)."""
+def _process(pid: int, started: float | None = None) -> psutil.Process | None:
+    """The living process `pid`, if it is still the one that started at `started`."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)", which may hold spaces
-    if fields[0] == "Z":  # a zombie has exited already
-        return None
-    return int(fields[19])
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # it has exited already
+            return None
+        if started is not None and abs(proc.create_time() - started) > 0.01:
+            return None
+        return proc
+    except psutil.Error:
         return None
 
 
 def descendants(pid: int) -> list[int]:
-    """Every living process below `pid` (children first level first)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            parent = _parent(int(entry.name))
-            if parent is not None:
-                children.setdefault(parent, []).append(int(entry.name))
-    found, frontier = [], [pid]
-    while frontier:
-        below = [c for p in frontier for c in children.get(p, [])]
-        found += below
-        frontier = below
-    return found
+    """Every living process below `pid`."""
+    proc = _process(pid)
+    if proc is None:
+        return []
+    with contextlib.suppress(psutil.Error):
+        return [child.pid for child in proc.children(recursive=True)]
+    return []
 
 
 def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
+    proc = _process(pid)
+    if proc is None:
         return ""
+    with contextlib.suppress(psutil.Error):
+        return " ".join(proc.cmdline())
+    return ""
 
 
-def _alive(pid: int, ticks: int) -> bool:
-    return _start_ticks(pid) == ticks
+def _signal_tree(tree: list[psutil.Process], sig: int) -> None:
+    """Signal each process still running: its whole group when it leads one.
 
-
-def _signal_tree(pids: list[tuple[int, int]], sig: int) -> None:
-    """Signal each (pid, start) still alive: its whole group when it leads one."""
-    for pid, ticks in pids:
-        if not _alive(pid, ticks):
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
+    psutil's `is_running` compares start times, so a reused pid is never signalled.
+    """
+    for proc in tree:
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if not proc.is_running():
+                continue
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, sig)
             else:
-                os.kill(pid, sig)
+                proc.send_signal(sig)
 
 
-def stop_process(pid: int, ticks: int, grace: float = 30.0) -> bool:
+def stop_process(pid: int, started: float, grace: float = 30.0) -> bool:
     """SIGTERM `pid`'s group and every descendant's, SIGKILL what outlives `grace`."""
-    if not _alive(pid, ticks):
+    proc = _process(pid, started)
+    if proc is None:
         return False
-    tree = [(pid, ticks)] + [(p, t) for p in descendants(pid) if (t := _start_ticks(p))]
+    tree = [proc]
+    with contextlib.suppress(psutil.Error):
+        tree += proc.children(recursive=True)
     _signal_tree(tree, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p, t) for p, t in tree):
-        time.sleep(0.2)
-    _signal_tree(tree, signal.SIGKILL)
+    _, alive = psutil.wait_procs(tree, timeout=grace)
+    _signal_tree(alive, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=10)
     return True
+
+
+def _record_start(record: dict) -> float | None:
+    """A pid file's start time as psutil gives it (older pid files hold clock ticks)."""
+    if "create_time" in record:
+        return float(record["create_time"])
+    if "start" in record:  # /proc/PID/stat's start ticks, written by earlier versions
+        return psutil.boot_time() + int(record["start"]) / os.sysconf("SC_CLK_TCK")
+    return None
 
 
 # --- the stack -------------------------------------------------------------------------
@@ -139,16 +157,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 @dataclass
@@ -237,15 +245,40 @@ class Stack:
             env["DEEPSPEECH_CORPUS"] = str(self.corpus)
         return env
 
+    @contextlib.contextmanager
+    def client(self) -> Iterator[SyncPrefectClient]:
+        """Prefect's client of this stack's server, whatever the caller's settings name."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import (
+            PREFECT_API_AUTH_STRING,
+            PREFECT_API_KEY,
+            PREFECT_API_URL,
+            temporary_settings,
+        )
+
+        settings = {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string}
+        with (
+            temporary_settings(updates=settings, restore_defaults={PREFECT_API_KEY}),
+            get_client(sync_client=True) as client,
+        ):
+            yield client
+
     # --- pid files ---
 
-    def running(self, name: str) -> int | None:
-        """The pid of service `name` if the process its pid file names is still that one."""
+    def _record(self, name: str) -> dict | None:
         try:
             record = json.loads(self.pid_file(name).read_text())
         except (OSError, ValueError):
             return None
-        return record["pid"] if _alive(record["pid"], record["start"]) else None
+        return record if isinstance(record, dict) and "pid" in record else None
+
+    def running(self, name: str) -> int | None:
+        """The pid of service `name` if the process its pid file names is still that one."""
+        record = self._record(name)
+        started = _record_start(record) if record else None
+        if record is None or started is None:
+            return None
+        return record["pid"] if _process(record["pid"], started) else None
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         self.log_file(name).parent.mkdir(parents=True, exist_ok=True)
@@ -260,9 +293,8 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: `down` stops all of it
             )
-        ticks = _start_ticks(proc.pid)
-        record = {"pid": proc.pid, "start": ticks, "cmd": args}
-        self.pid_file(name).write_text(json.dumps(record) + "\n")
+        record = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+        self.pid_file(name).write_text(json.dumps({**record, "cmd": args}) + "\n")
         self._children[name] = proc
         return proc
 
@@ -272,37 +304,21 @@ class Stack:
         except OSError:
             return ""
 
-    # --- HTTP ---
-
-    def request(self, method: str, path: str, body: object = None) -> object:
-        data = None if body is None else json.dumps(body).encode()
-        token = base64.b64encode(self.auth_string.encode()).decode()
-        req = urllib.request.Request(
-            self.api_url + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", "Authorization": f"Basic {token}"},
-        )
-        with urllib.request.urlopen(req, timeout=30) as response:
-            text = response.read()
-        return json.loads(text) if text else None
-
     def healthy(self) -> bool:
-        try:
-            return self.request("GET", "/health") is True
-        except (OSError, ValueError):
-            return False
+        with contextlib.suppress(Exception), self.client() as client:
+            return client.api_healthcheck() is None
+        return False
 
     # --- steps ---
 
     def _prefect(self, *args: str, log: str) -> None:
         """Run one Prefect CLI command against this stack; its output goes to `log`."""
-        env = self.env()
+        self.log_file(log).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file(log), "ab") as out:
             code = subprocess.call(
                 [self.prefect, *args],
                 cwd=REPO,
-                env=env,
+                env=self.env(),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -313,42 +329,48 @@ class Stack:
                 f"{self.log_file(log)}:\n{self._log_tail(log)}"
             )
 
+    def _wait_until_up(self, server: subprocess.Popen) -> None:
+        """`prefect server status --wait` until the server answers, unless it exits first."""
+        timeout = str(int(self.startup_timeout))
+        with open(self.log_file("server-status"), "ab") as out:
+            status = subprocess.Popen(
+                [self.prefect, "server", "status", "--wait", "--timeout", timeout],
+                env=self.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            while status.poll() is None and server.poll() is None:
+                time.sleep(0.5)
+        finally:
+            if status.poll() is None:
+                status.terminate()
+                status.wait()
+        if server.poll() is not None:
+            raise StackError(
+                f"the Prefect server exited ({server.returncode}); "
+                f"{self.log_file('server')}:\n{self._log_tail('server')}"
+            )
+        if status.returncode != 0:
+            raise StackError(
+                f"the Prefect server did not answer within {timeout} s; "
+                f"{self.log_file('server')}:\n{self._log_tail('server')}"
+            )
+
     def start_server(self) -> None:
         if self.running("server"):
             if not self.healthy():
                 raise StackError(f"the server in {self.home} runs but does not answer")
             print(f"server: already running at {self.api_url}")
             return
-        if _port_in_use(self.host, self.port):
-            raise StackError(f"{self.host}:{self.port} is taken by another program")
+        # Prefect refuses a port in use itself ("Port ... is already in use"), in the log.
         args = [self.prefect, "server", "start", "--host", self.host, "--port", str(self.port)]
         proc = self._spawn(
             "server", args, {**self.env(), "PREFECT_SERVER_API_AUTH_STRING": self.auth_string}
         )
-        deadline = time.monotonic() + self.startup_timeout
-        while not self.healthy():
-            if proc.poll() is not None:
-                raise StackError(
-                    f"the Prefect server exited ({proc.returncode}); "
-                    f"{self.log_file('server')}:\n{self._log_tail('server')}"
-                )
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"the Prefect server did not answer within {self.startup_timeout:.0f} s; "
-                    f"{self.log_file('server')}:\n{self._log_tail('server')}"
-                )
-            time.sleep(0.5)
+        self._wait_until_up(proc)
         print(f"server: {self.api_url} (database {self.database})")
-
-    def create_pool(self) -> None:
-        try:
-            self.request("GET", f"/work_pools/{POOL}")
-            return
-        except urllib.error.HTTPError as exc:
-            if exc.code != 404:
-                raise
-        self._prefect("work-pool", "create", POOL, "--type", "process", log="deploy")
-        print(f"work pool: {POOL} (process)")
 
     def deploy(self) -> None:
         if self.corpus is None:
@@ -357,65 +379,62 @@ class Stack:
             "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE), log="deploy"
         )
         if self.max_restarts is not None:
-            deployment = self.request("GET", f"/deployments/name/{RECOVERY_DEPLOYMENT}")
-            params = {**deployment["parameters"], "max_restarts": self.max_restarts}
-            self.request("PATCH", f"/deployments/{deployment['id']}", {"parameters": params})
+            from prefect.client.schemas.actions import DeploymentUpdate
+
+            with self.client() as client:
+                deployment = client.read_deployment_by_name(RECOVERY_DEPLOYMENT)
+                params = {**deployment.parameters, "max_restarts": self.max_restarts}
+                client.update_deployment(deployment.id, DeploymentUpdate(parameters=params))
         print("deployments: train-cv/train-cv, " + RECOVERY_DEPLOYMENT)
 
     def start_worker(self) -> None:
+        """`prefect worker start`, which creates the process work pool when it is missing."""
         if self.running("worker"):
             print("worker: already running")
             return
         name = f"{POOL}-{socket.gethostname()}-{self.port}"
-        args = [
-            self.prefect,
-            "worker",
-            "start",
-            "--pool",
-            POOL,
-            "--type",
-            "process",
-            "--name",
-            name,
-        ]
-        proc = self._spawn("worker", args, {**self.env(), **self.worker_env})
+        args = [self.prefect, "worker", "start", "--pool", POOL, "--type", "process"]
+        proc = self._spawn("worker", [*args, "--name", name], {**self.env(), **self.worker_env})
         # Up when it has reported to the server with its name.
         deadline = time.monotonic() + self.startup_timeout
-        while True:
-            workers = self.request("POST", f"/work_pools/{POOL}/workers/filter", {})
-            if any(w["name"] == name for w in workers):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise StackError(
-                    "the worker did not start; "
-                    f"{self.log_file('worker')}:\n{self._log_tail('worker')}"
-                )
-            time.sleep(0.5)
-        print(f"worker: {name} on pool {POOL}")
+        with self.client() as client:
+            while not self._worker_registered(client, name):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise StackError(
+                        "the worker did not start; "
+                        f"{self.log_file('worker')}:\n{self._log_tail('worker')}"
+                    )
+                time.sleep(0.5)
+        print(f"worker: {name} on pool {POOL} (process)")
+
+    @staticmethod
+    def _worker_registered(client: SyncPrefectClient, name: str) -> bool:
+        from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+        try:  # the pool appears when the worker has created it
+            return any(w.name == name for w in client.read_workers_for_work_pool(POOL))
+        except ObjectNotFound:
+            return False
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return False
+            raise
 
     def up(self) -> None:
         self.start_server()
-        self.create_pool()
+        self.start_worker()  # before deploying: the worker creates the work pool
         self.deploy()
-        self.start_worker()
 
     def flow_runs(self) -> dict[str, int]:
         """The flow runs the worker is executing: flow run id -> its process's pid."""
         worker = self.running("worker")
-        found = {}
+        found: dict[str, int] = {}
         for pid in descendants(worker) if worker else []:
-            try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            for entry in environ:
-                if entry.startswith(b"PREFECT__FLOW_RUN_ID="):
-                    found.setdefault(entry.split(b"=", 1)[1].decode(), pid)
+            with contextlib.suppress(psutil.Error):
+                run_id = psutil.Process(pid).environ().get("PREFECT__FLOW_RUN_ID")
+                if run_id:
+                    found.setdefault(run_id, pid)
         return found
-
-    def _set_state(self, kind: str, run_id: str, state: str, message: str) -> None:
-        body = {"state": {"type": state, "message": message}, "force": True}
-        self.request("POST", f"/{kind}/{run_id}/set_state", body)
 
     def cancel_interrupted(self, run_ids: list[str]) -> None:
         """Mark runs whose processes `down` stopped Cancelled, with what they left running.
@@ -424,39 +443,35 @@ class Stack:
         concurrency slot. Cancelled, not Crashed: stopping the stack is deliberate, so
         the crash-recovery trigger leaves them alone; `prefect flow-run retry` resumes one.
         """
-        active = {"any_": ["PENDING", "RUNNING"]}
-        for run_id in run_ids:
-            message = f"stopped by `stack.py down`; resume with `prefect flow-run retry {run_id}`"
-            running = {"state": {"type": active}}
-            tasks = self.request(
-                "POST",
-                "/task_runs/filter",
-                {"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": running},
-            )
-            subflows = self.request(
-                "POST",
-                "/flow_runs/filter",
-                {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}, **running}},
-            )
-            for task_run in tasks:
-                self._set_state("task_runs", task_run["id"], "CANCELLED", message)
-            for subflow in subflows:
-                self._set_state("flow_runs", subflow["id"], "CANCELLED", message)
-            self._set_state("flow_runs", run_id, "CANCELLED", message)
-            print(f"flow run {run_id}: Cancelled (resume: prefect flow-run retry {run_id})")
+        from uuid import UUID
+
+        from prefect.states import Cancelled
+
+        from deployments.run_states import close_unfinished_children
+
+        with self.client() as client:
+            for run_id in run_ids:
+                message = (
+                    f"stopped by `stack.py down`; resume with `prefect flow-run retry {run_id}`"
+                )
+                close_unfinished_children(client, UUID(run_id), Cancelled(message=message))
+                client.set_flow_run_state(UUID(run_id), Cancelled(message=message), force=True)
+                print(f"flow run {run_id}: Cancelled (resume: prefect flow-run retry {run_id})")
 
     def down(self) -> list[str]:
         stopped = []
         interrupted = list(self.flow_runs())
         for name in reversed(SERVICES):
-            try:
-                record = json.loads(self.pid_file(name).read_text())
-            except (OSError, ValueError):
+            record = self._record(name)
+            if record is None:
                 continue
             if name == "server" and interrupted and self.healthy():
-                with contextlib.suppress(OSError, ValueError):
+                try:
                     self.cancel_interrupted(interrupted)
-            if stop_process(record["pid"], record["start"]):
+                except Exception as exc:  # the processes are stopped whatever the API says
+                    print(f"warning: could not mark {interrupted} Cancelled: {exc}")
+            started = _record_start(record)
+            if started is not None and stop_process(record["pid"], started):
                 stopped.append(name)
             if (proc := self._children.pop(name, None)) is not None:
                 proc.wait(timeout=10)
@@ -526,4 +541,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if str(REPO) not in sys.path:  # run as a script: `deployments.run_states` by its name
+        sys.path.insert(0, str(REPO))
     sys.exit(main())
