@@ -14,7 +14,7 @@ from prefect import flow
 from deepspeech_core.config import PipelineConfig
 from deepspeech_core.lm_tuning import TuningResult
 from deepspeech_core.locking import workdir_lock
-from flows.train_cv import _checkpoint_dir
+from deepspeech_core.training_runs import run_checkpoint_dir
 from tasks.features import build_feature_cache_stage
 from tasks.tune_lm import tune_lm_task
 from tasks.validate import validate_corpus_task
@@ -34,5 +34,5 @@ def tune_lm_flow(
     with workdir_lock(config.workdir):
         corpus = validate_corpus_task(config)
         features = build_feature_cache_stage(config, corpus)
-        checkpoint_dir = _checkpoint_dir(config, features, reuse_trained_model=True)
+        checkpoint_dir = run_checkpoint_dir(config, features, reuse_trained_model=True)
         return tune_lm_task(config, features, checkpoint_dir, n_trials, lm_alpha_max, lm_beta_max)
