@@ -91,7 +91,7 @@ test: setup kenlm deepspeech-clients lint
 	$(BIN)/pytest -q -p no:randomly
 
 # The unit tests only: those marked `unit` (no Prefect server, no training, no corpus
-# fixture; pyproject.toml's markers), under a minute.
+# fixture; pyproject.toml's markers): 160 tests, 24 s of CPU.
 test-fast: setup
 	$(BIN)/pytest -q -p no:randomly -m unit
 
