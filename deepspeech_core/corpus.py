@@ -336,15 +336,21 @@ def _known_result(known: dict[str, tuple], wav: str) -> ImportResult | None:
     return entry[2] if (st.st_size, st.st_mtime_ns) == entry[:2] else None
 
 
-def _save_imported(path: Path, rows: list[Row], sample_rate: int) -> None:
+def _save_imported(path: Path, rows: list[Row], known: dict[str, tuple], rate: int) -> None:
     records = []
     for r in rows:
         if r.wav is None or r.audio_info.reason or not r.audio_info.pcm_sha256:
             continue
-        st = os.stat(r.wav)
+        wav = str(r.wav)
+        entry = known.get(wav)
+        if entry is not None and entry[2] is r.audio_info:  # unchanged: no second stat
+            size, mtime_ns = entry[:2]
+        else:
+            st = os.stat(wav)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
         info = r.audio_info
         records.append(
-            (str(r.wav), st.st_size, st.st_mtime_ns, sample_rate, info.n_samples)
+            (wav, size, mtime_ns, rate, info.n_samples)
             + (info.source_rate, info.source_channels, info.pcm_sha256)
         )
     _write_csv(path, records, IMPORTED_COLUMNS)
@@ -394,7 +400,7 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
         if done % 2000 == 0:
             log.info("read %d/%d clips", done, len(jobs))
     next(fresh, None)  # lets run_jobs close its pool
-    _save_imported(imported_csv, todo, rate)
+    _save_imported(imported_csv, todo, known, rate)
 
 
 # --- reporting ----------------------------------------------------------------------
