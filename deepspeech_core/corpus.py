@@ -361,7 +361,8 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
 
     A wav an earlier run imported (or read) and that is unchanged since (size, mtime)
     is not read again: its length, source format and content hash come from
-    corpus/imported.csv, so a grown corpus reads only its new clips.
+    clips/import_cache.csv (beside the clips it describes, gone with them), so a grown
+    corpus reads only its new clips.
     """
     todo = [r for r in rows if r.ok]
     if not todo:
@@ -373,7 +374,7 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
     rate = features.audio_sample_rate
     real_dirs: dict[str, str] = {}
     jobs = [plan_job(r.audio, clips_dir, rate, cfg.max_duration, real_dirs) for r in todo]
-    imported_csv = clips_dir.parent / "imported.csv"
+    imported_csv = clips_dir / "import_cache.csv"
     known = _load_imported(imported_csv, rate)
     results: list[ImportResult | None] = [_known_result(known, j.target) for j in jobs]
     pending = [j for j, r in zip(jobs, results, strict=True) if r is None]
