@@ -307,7 +307,9 @@ def _load_imported(path: Path, sample_rate: int) -> dict[str, tuple]:
     if not path.is_file():
         return {}
     try:
-        table = pd.read_csv(path, dtype={"wav": str, "pcm_sha256": str}, keep_default_na=False)
+        table = pd.read_csv(
+            path, sep="\t", dtype={"wav": str, "pcm_sha256": str}, keep_default_na=False
+        )
         table = table[table.sample_rate == sample_rate]
         return {
             t.wav: (
@@ -353,7 +355,8 @@ def _save_imported(path: Path, rows: list[Row], known: dict[str, tuple], rate: i
             (wav, size, mtime_ns, rate, info.n_samples)
             + (info.source_rate, info.source_channels, info.pcm_sha256)
         )
-    _write_csv(path, records, IMPORTED_COLUMNS)
+    with atomic_path(path, suffix=".tsv") as tmp:
+        pd.DataFrame(records, columns=IMPORTED_COLUMNS).to_csv(tmp, sep="\t", index=False)
 
 
 def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: FeatureConfig):
@@ -361,8 +364,8 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
 
     A wav an earlier run imported (or read) and that is unchanged since (size, mtime)
     is not read again: its length, source format and content hash come from
-    clips/import_cache.csv (beside the clips it describes, gone with them), so a grown
-    corpus reads only its new clips.
+    corpus/import_cache.tsv (a state file beside the split CSVs), so a grown corpus
+    reads only its new clips.
     """
     todo = [r for r in rows if r.ok]
     if not todo:
@@ -374,7 +377,7 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
     rate = features.audio_sample_rate
     real_dirs: dict[str, str] = {}
     jobs = [plan_job(r.audio, clips_dir, rate, cfg.max_duration, real_dirs) for r in todo]
-    imported_csv = clips_dir / "import_cache.csv"
+    imported_csv = clips_dir.parent / "import_cache.tsv"
     known = _load_imported(imported_csv, rate)
     results: list[ImportResult | None] = [_known_result(known, j.target) for j in jobs]
     pending = [j for j, r in zip(jobs, results, strict=True) if r is None]
