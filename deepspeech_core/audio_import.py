@@ -13,6 +13,7 @@ import hashlib
 import math
 import multiprocessing
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -26,6 +27,7 @@ import soundfile
 from deepspeech_core import stopping
 from deepspeech_core.audio import (
     AudioError,
+    TooLongError,
     audio_info,
     is_model_ready_wav,
     read_audio,
@@ -66,44 +68,54 @@ def supported_extensions() -> frozenset[str]:
     return frozenset(endings | {f.lower() for f in sox.core.VALID_FORMATS})
 
 
-def import_name(source: Path) -> str:
+def import_name(source: Path, real_dirs: dict[str, str] | None = None) -> str:
     """Output name that changes whenever the source changes (path, size, mtime).
 
     The source's stem is shortened (at a character boundary) so that the name, with its
     hash and `.wav` (and the temporary name's extra), fits NAME_MAX bytes: a source name
-    near the limit stays importable.
+    near the limit stays importable. `real_dirs` caches resolved folders over one
+    planning pass (one lstat per clip instead of one per path component).
     """
-    st = source.stat()
-    key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    real, st = _resolved(source, {} if real_dirs is None else real_dirs)
+    key = f"{real}|{st.st_size}|{st.st_mtime_ns}"
     tail = f"-{hashlib.sha1(key.encode()).hexdigest()[:10]}.wav"
     stem = source.stem.encode("utf-8", "surrogateescape")[: NAME_MAX - _TEMP_EXTRA - len(tail)]
     return stem.decode("utf-8", "ignore") + tail
 
 
+def _resolved(source: Path, real_dirs: dict[str, str]) -> tuple[str, os.stat_result]:
+    """str(source.resolve()) and source.stat(), the folder's resolution cached."""
+    st = os.lstat(source)
+    if stat.S_ISLNK(st.st_mode):
+        return str(source.resolve()), source.stat()
+    folder = os.path.dirname(os.path.abspath(source))
+    real = real_dirs.get(folder)
+    if real is None:
+        real = real_dirs[folder] = os.path.realpath(folder)
+    return os.path.join(real, source.name), st
+
+
 def plan_job(
-    source: Path, clips_dir: Path, sample_rate: int, max_duration: float = math.inf
+    source: Path,
+    clips_dir: Path,
+    sample_rate: int,
+    max_duration: float = math.inf,
+    real_dirs: dict[str, str] | None = None,
 ) -> ImportJob:
     if source.suffix.lower() == ".wav" and is_model_ready_wav(source, sample_rate):
         return ImportJob(str(source), str(source), sample_rate, max_duration)
-    return ImportJob(str(source), str(clips_dir / import_name(source)), sample_rate, max_duration)
+    target = os.path.join(clips_dir, import_name(source, real_dirs))
+    return ImportJob(str(source), target, sample_rate, max_duration)
 
 
 def _pcm_hash(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype="<i2").tobytes()).hexdigest()
 
 
-def _too_long(job: ImportJob) -> ImportResult | None:
-    """Reject from the header what is over --max_duration, before any sample is decoded."""
-    info = audio_info(Path(job.source))
-    if info.duration <= job.max_duration:
-        return None
-    return ImportResult(
-        n_samples=round(info.duration * job.sample_rate),
-        source_rate=info.sample_rate,
-        source_channels=info.channels,
-        reason="too_long",
-        detail=f"{info.duration:.2f} s > --max_duration {job.max_duration:g} s",
-    )
+def _check_header(source: Path, max_duration: float) -> None:
+    info = audio_info(source)
+    if info.duration > max_duration:
+        raise TooLongError(source, info, max_duration)
 
 
 def _earlier_output(source: Path, target: Path) -> ImportResult | None:
@@ -141,7 +153,11 @@ def _whole_wav(path: Path) -> bool:
 
 
 def run_job(job: ImportJob) -> ImportResult:
-    """Worker: make job.target a model-ready wav of job.source; never raises AudioError."""
+    """Worker: make job.target a model-ready wav of job.source; never raises AudioError.
+
+    The source is opened once: its header rejects a clip over --max_duration before any
+    sample is decoded, and the samples are read from the same handle.
+    """
     source, target = Path(job.source), Path(job.target)
     if source.suffix.lower().lstrip(".") not in supported_extensions():
         return ImportResult(
@@ -149,15 +165,12 @@ def run_job(job: ImportJob) -> ImportResult:
             detail=f"'{source.suffix or '(no extension)'}' is not a format SoX or libsndfile reads",
         )
     try:
-        if source.is_file() and source.stat().st_size == 0:
-            raise AudioError("unreadable_audio", f"{source.name} is an empty file")
-        rejected = _too_long(job)
-        if rejected is not None:
-            return rejected
+        if source == target:  # the user's own wav, read whole below: check its header first
+            _check_header(source, job.max_duration)
         done = _earlier_output(source, target)
         if done is not None:
             return done
-        audio = read_audio(source, job.sample_rate)
+        audio = read_audio(source, job.sample_rate, job.max_duration)
         write_wav(target, audio.samples, job.sample_rate)
         return ImportResult(
             len(audio.samples),
@@ -165,6 +178,14 @@ def run_job(job: ImportJob) -> ImportResult:
             audio.source_channels,
             _pcm_hash(audio.samples),
             converted=True,
+        )
+    except TooLongError as exc:
+        return ImportResult(
+            n_samples=round(exc.info.duration * job.sample_rate),
+            source_rate=exc.info.sample_rate,
+            source_channels=exc.info.channels,
+            reason=exc.reason,
+            detail=exc.detail,
         )
     except AudioError as exc:
         return ImportResult(reason=exc.reason, detail=exc.detail)

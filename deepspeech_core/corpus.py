@@ -274,8 +274,86 @@ def _check_duplicates(rows: list[Row]) -> None:
                 row.reject("leakage", f"same audio as {first.split} row {where} ({first.audio})")
 
 
+IMPORTED_COLUMNS = [
+    "wav",
+    "wav_size",
+    "wav_mtime_ns",
+    "sample_rate",
+    "n_samples",
+    "source_rate",
+    "source_channels",
+    "pcm_sha256",
+]
+
+
+def _load_imported(path: Path, sample_rate: int) -> dict[str, tuple]:
+    """What earlier imports learnt of each wav: {wav: (size, mtime_ns, ImportResult)}.
+
+    A damaged or missing table only costs reading those wavs again.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        table = pd.read_csv(
+            path, sep="\t", dtype={"wav": str, "pcm_sha256": str}, keep_default_na=False
+        )
+        table = table[table.sample_rate == sample_rate]
+        return {
+            t.wav: (
+                int(t.wav_size),
+                int(t.wav_mtime_ns),
+                ImportResult(
+                    int(t.n_samples), int(t.source_rate), int(t.source_channels), t.pcm_sha256
+                ),
+            )
+            for t in table[IMPORTED_COLUMNS].itertuples(index=False)
+        }
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        log.warning("%s is damaged (%s); reading the imported clips again", path, exc)
+        return {}
+
+
+def _known_result(known: dict[str, tuple], wav: str) -> ImportResult | None:
+    """An earlier run's result for `wav`, if the file is still the one it described."""
+    entry = known.get(wav)
+    if entry is None:
+        return None
+    try:
+        st = os.stat(wav)
+    except OSError:
+        return None
+    return entry[2] if (st.st_size, st.st_mtime_ns) == entry[:2] else None
+
+
+def _save_imported(path: Path, rows: list[Row], known: dict[str, tuple], rate: int) -> None:
+    records = []
+    for r in rows:
+        if r.wav is None or r.audio_info.reason or not r.audio_info.pcm_sha256:
+            continue
+        wav = str(r.wav)
+        entry = known.get(wav)
+        if entry is not None and entry[2] is r.audio_info:  # unchanged: no second stat
+            size, mtime_ns = entry[:2]
+        else:
+            st = os.stat(wav)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        info = r.audio_info
+        records.append(
+            (wav, size, mtime_ns, rate, info.n_samples)
+            + (info.source_rate, info.source_channels, info.pcm_sha256)
+        )
+    with atomic_path(path, suffix=".tsv") as tmp:
+        pd.DataFrame(records, columns=IMPORTED_COLUMNS).to_csv(tmp, sep="\t", index=False)
+
+
 def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: FeatureConfig):
-    """Give every still-valid row a model-ready wav (converting in parallel where needed)."""
+    """Give every still-valid row a model-ready wav (converting in parallel where needed).
+
+    A wav an earlier run imported (or read) and that is unchanged since (size, mtime)
+    is not read again: its length, source format and content hash come from
+    corpus/import_cache.tsv (a state file beside the split CSVs), so a grown corpus
+    reads only its new clips.
+    """
     todo = [r for r in rows if r.ok]
     if not todo:
         return
@@ -284,20 +362,29 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
     if stale:
         log.info("removed %d partial file(s) left by an interrupted import", stale)
     rate = features.audio_sample_rate
+    real_dirs: dict[str, str] = {}
     # a row without audio was rejected before (missing_audio), so every todo row has one
-    jobs = [plan_job(r.audio, clips_dir, rate, cfg.max_duration) for r in todo]  # type: ignore[arg-type]
+    jobs = [
+        plan_job(r.audio, clips_dir, rate, cfg.max_duration, real_dirs)  # type: ignore[arg-type]
+        for r in todo
+    ]
+    imported_csv = clips_dir.parent / "import_cache.tsv"
+    known = _load_imported(imported_csv, rate)
+    results: list[ImportResult | None] = [_known_result(known, j.target) for j in jobs]
+    pending = [j for j, r in zip(jobs, results, strict=True) if r is None]
     workers = cfg.import_workers or os.cpu_count() or 1
-    to_convert = sum(j.source != j.target and not Path(j.target).is_file() for j in jobs)
+    to_convert = sum(j.source != j.target and not os.path.isfile(j.target) for j in pending)
     log.info(
-        "reading %d clips (%d to convert, the rest ready) with %d workers",
+        "reading %d clips (%d to convert, %d unchanged since an earlier import) with %d workers",
         len(jobs),
         to_convert,
+        len(jobs) - len(pending),
         workers,
     )
     progress.report("import", len(jobs), 0)
-    for done, (row, job, result) in enumerate(
-        zip(todo, jobs, run_jobs(jobs, workers), strict=True), start=1
-    ):
+    fresh = run_jobs(pending, workers)
+    for done, (row, job, known_result) in enumerate(zip(todo, jobs, results, strict=True), 1):
+        result = known_result if known_result is not None else next(fresh)
         row.audio_info = result
         if result.reason:
             row.reject(result.reason, result.detail)
@@ -307,6 +394,8 @@ def import_audio(rows: list[Row], clips_dir: Path, cfg: CorpusConfig, features: 
         progress.report("import", len(jobs), done, audio_seconds=row.duration)
         if done % 2000 == 0:
             log.info("read %d/%d clips", done, len(jobs))
+    next(fresh, None)  # lets run_jobs close its pool
+    _save_imported(imported_csv, todo, known, rate)
 
 
 # --- reporting ----------------------------------------------------------------------

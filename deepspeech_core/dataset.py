@@ -72,8 +72,7 @@ class SplitIndex:
 
     def copy_features(self, i: int, out: np.ndarray) -> None:
         """Write clip i's frames into the start of `out` (no intermediate copy)."""
-        n = int(self.n_frames[i])
-        out[:n] = self.reader.shard(self.shards[i])[self.offsets[i] : self.offsets[i] + n]
+        self.reader.read_into(self.shards[i], int(self.offsets[i]), int(self.n_frames[i]), out)
 
     @classmethod
     def load(cls, index_csv: Path, alphabet: Alphabet) -> SplitIndex:

@@ -14,15 +14,16 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
 
-def _create_beside(path: Path, suffix: str) -> Path:
-    """A new, empty file beside `path` with the mode a plain open() would give it.
+def _open_beside(path: Path, suffix: str) -> tuple[Path, int]:
+    """A new, empty file beside `path` with the mode a plain open() would give it, and
+    its open (write-only) descriptor.
 
     Not tempfile.mkstemp: its files are 0600 whatever the umask, so every output renamed
     from one (metadata.json, the CSVs, ...) would be unreadable to the other users who
@@ -31,11 +32,35 @@ def _create_beside(path: Path, suffix: str) -> Path:
     for _ in range(100):
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}.tmp"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except FileExistsError:
             continue
-        return tmp
+        return tmp, fd
     raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _create_beside(path: Path, suffix: str) -> Path:
+    tmp, fd = _open_beside(path, suffix)
+    os.close(fd)
+    return tmp
+
+
+@contextmanager
+def atomic_binary_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file object writing a temporary beside `path` (whose folder exists),
+    renamed onto `path` when the block succeeds; not synced (atomic_path's durable=False).
+
+    For many small outputs (imported clips): the temporary is written through the handle
+    that created it, one file creation and one rename per output.
+    """
+    tmp, fd = _open_beside(Path(path), "")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

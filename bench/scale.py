@@ -1,0 +1,374 @@
+"""The pipeline at corpus scale: validate, features, one epoch, evaluation per corpus size.
+
+For each size a Common Voice release is generated in a temporary folder from the shared
+FSDD recordings (1-3 random digits per clip, each a random recording of that digit at a
+random gain, random silences between, 48 kHz mp3 like Common Voice's; no two clips are
+the same), then every stage runs in a child process of its own, as a user's run would
+call it, so that each stage's peak RSS is its own (VmHWM from /proc/<pid>/status; the
+process tree's summed RSS is sampled beside it, for the worker pools). After the full
+run: the unchanged rerun (validate + features + train, everything reused) and 1% new
+clips (validate + features: only the new ones are read and featurised).
+
+Prints one `name: value unit` line per figure. Usage:
+    python bench/scale.py [--sizes 2000,6000,20000] [--beam_width 1] [--workers 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd-cv" / "en"
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+STAGES = ("validate", "features", "train", "evaluate")
+TSV_COLUMNS = "client_id path sentence up_votes down_votes age gender accent locale segment"
+_SOURCE: dict[str, list[tuple[np.ndarray, str]]] = {}  # digit -> (16 kHz float32, speaker)
+
+
+# --- generating a corpus ------------------------------------------------------------
+
+
+def _load_source(corpus: Path) -> None:
+    """Every shared recording at 16 kHz, by digit (in the parent, before the pool forks)."""
+    import pandas as pd
+
+    from deepspeech_core.audio import read_audio
+
+    table = pd.read_csv(corpus / "validated.tsv", sep="\t", dtype=str, keep_default_na=False)
+    for path, sentence, speaker in zip(table.path, table.sentence, table.client_id, strict=True):
+        word = sentence.strip(" .!").lower()
+        if word in DIGITS:
+            pcm = read_audio(corpus / "clips" / path, 16000).samples
+            _SOURCE.setdefault(word, []).append((pcm.astype(np.float32) / 32768, speaker[:16]))
+
+
+def _make_clip(task: tuple[Path, str, int]) -> tuple[str, str, str]:
+    """One 48 kHz mp3 of 1-3 random digits; returns (file name, sentence, speaker)."""
+    import soundfile
+    import soxr
+
+    clips, name, seed = task
+    rng = np.random.default_rng(seed)
+    words = list(rng.choice(DIGITS, size=rng.integers(1, 4)))
+    parts, speaker = [np.zeros(int(rng.uniform(0.05, 0.3) * 16000), np.float32)], ""
+    for word in words:
+        pcm, who = _SOURCE[word][rng.integers(len(_SOURCE[word]))]
+        speaker = speaker or who
+        parts.append(pcm * rng.uniform(0.3, 1.0))
+        parts.append(np.zeros(int(rng.uniform(0.05, 0.4) * 16000), np.float32))
+    audio = np.concatenate(parts)
+    audio += rng.normal(0, 1e-4, len(audio)).astype(np.float32)  # no two clips identical
+    audio48 = soxr.resample(audio, 16000, 48000)
+    soundfile.write(clips / name, np.clip(audio48, -1, 1), 48000, format="MP3")
+    return name, " ".join(words).capitalize() + ".", speaker
+
+
+def _append_tsv(tsv: Path, rows: list[tuple[str, str, str]]) -> None:
+    new = not tsv.exists()
+    with open(tsv, "a", encoding="utf-8") as f:
+        if new:
+            f.write(TSV_COLUMNS.replace(" ", "\t") + "\n")
+        for name, sentence, speaker in rows:
+            f.write(f"{speaker}\t{name}\t{sentence}\t2\t0\t\t\t\ten\t\n")
+
+
+def generate(out: Path, start: int, count: int, seed: int, workers: int, splits: bool) -> None:
+    """Clips start..start+count-1 into `out` (a Common Voice locale folder).
+
+    With `splits`, 80/10/10 into train/dev/test; otherwise all into train (a corpus that
+    grows by new training recordings).
+    """
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+    tasks = [
+        (out / "clips", f"common_voice_en_{i:08d}.mp3", seed * 10_000_000 + i)
+        for i in range(start, start + count)
+    ]
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        rows = list(pool.map(_make_clip, tasks, chunksize=64))
+    by_split: dict[str, list] = {"train": [], "dev": [], "test": []}
+    for i, row in enumerate(rows):
+        split = ("train",) * 8 + ("dev", "test") if splits else ("train",)
+        by_split[split[i % len(split)]].append(row)
+    for split, split_rows in by_split.items():
+        if split_rows or splits:
+            _append_tsv(out / f"{split}.tsv", split_rows)
+
+
+# --- one stage in a child process -----------------------------------------------------
+
+
+def _vm_hwm_mb(pid: str | int = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _one_thread() -> None:
+    """Feature worker initialiser: one TensorFlow thread, so a worker is one core."""
+    os.environ["TF_NUM_INTRAOP_THREADS"] = "1"
+    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+
+def _measured_shard(job):
+    from deepspeech_core.feature_cache import build_shard
+
+    return build_shard(job), _vm_hwm_mb()
+
+
+def _process_map(workers: int, worker_peaks: list[float]):
+    """`--task_runner processes`: shards on a pool of one-thread processes."""
+
+    def map_fn(_fn, jobs):
+        import multiprocessing
+
+        if len(jobs) <= 1:  # one shard: in this process, as the default thread runner would
+            out = [_measured_shard(job) for job in jobs]
+            return [result for result, _ in out]
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
+            out = list(pool.map(_measured_shard, jobs))
+        worker_peaks.extend(peak for _, peak in out)
+        return [result for result, _ in out]
+
+    return map_fn
+
+
+def _config(workdir: Path, corpus: Path, beam_width: int, workers: int):
+    from deepspeech_core.config import PipelineConfig
+
+    return PipelineConfig.model_validate(
+        {
+            "workdir": str(workdir),
+            "corpus": {"corpus": str(corpus), "import_workers": workers},
+            "model": {"n_hidden": 256},
+            "training": {
+                "epochs": 1,
+                "train_batch_size": 16,
+                "dev_batch_size": 32,
+                "checkpoint_steps": 100_000,
+            },
+            "evaluation": {"test_batch_size": 32, "report_count": 0, "beam_width": beam_width},
+        }
+    ).resolved()
+
+
+def run_stages(args: argparse.Namespace) -> None:
+    """Child: run `args.stage` (comma-separated stages) and print one JSON line."""
+    from deepspeech_core.corpus import validate_corpus
+
+    cfg = _config(args.workdir, args.corpus, args.beam_width, args.workers)
+    workers = args.workers or os.cpu_count() or 1
+    worker_peaks: list[float] = []
+    out: dict = {}
+    started = time.perf_counter()
+    corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
+    out["audio"] = {s: h * 3600 for s, h in corpus.hours.items()}
+    out["clips"] = dict(corpus.counts)
+    out["imported"] = corpus.imported
+    out["validate"] = time.perf_counter() - started
+    stages = args.stage.split(",")
+    if stages != ["validate"]:
+        from deepspeech_core.feature_cache import build_feature_cache  # TensorFlow
+
+        t = time.perf_counter()
+        features = build_feature_cache(
+            corpus,
+            cfg.features,
+            cfg.workdir,
+            cfg.execution.shard_size,
+            _process_map(workers, worker_peaks),
+        )
+        out["features"] = time.perf_counter() - t
+        out["computed"] = features.computed
+    if "train" in stages:
+        from deepspeech_core.training import train
+
+        t = time.perf_counter()
+        train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+        out["train"] = time.perf_counter() - t
+    if "evaluate" in stages:
+        from deepspeech_core.evaluation import evaluate
+
+        t = time.perf_counter()
+        result = evaluate(features, cfg.checkpoint_dir, cfg.evaluation, cfg.workdir / "reports")
+        out["evaluate"] = time.perf_counter() - t
+        out["wer"] = result.wer
+    out["total"] = time.perf_counter() - started
+    out["peak_rss_mb"] = _vm_hwm_mb()
+    out["worker_peak_rss_mb"] = max(worker_peaks, default=0.0)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """Summed RSS of `pid` and its descendants (one sample)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0.0)
+        todo += children.get(p, [])
+    return total
+
+
+def child(stage: str, workdir: Path, corpus: Path, args: argparse.Namespace) -> dict:
+    """Run stages in a fresh interpreter; its JSON result plus the sampled tree peak."""
+    cmd = [sys.executable, __file__, "--_stage", stage, "--_workdir", str(workdir)]
+    cmd += ["--_corpus", str(corpus), "--beam_width", str(args.beam_width)]
+    cmd += ["--workers", str(args.workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    peak = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = proc.communicate()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {stage} failed (exit {proc.returncode})")
+    result = json.loads(stdout.rsplit("RESULT ", 1)[1])
+    result["tree_peak_rss_mb"] = peak[0]
+    return result
+
+
+# --- the bench ----------------------------------------------------------------------
+
+
+def _stage_figures(size: int, stage: str, r: dict, seconds: float, audio: float) -> None:
+    print(f"scale_{size}_{stage}_seconds: {seconds:.1f} s")
+    print(f"scale_{size}_{stage}_throughput: {audio / seconds:.0f} audio-s/s")
+    print(f"scale_{size}_{stage}_ms_per_clip: {1000 * seconds / r['n']:.2f} ms")
+    print(f"scale_{size}_{stage}_peak_rss: {r['peak_rss_mb']:.0f} MB")
+    print(f"scale_{size}_{stage}_tree_peak_rss: {r['tree_peak_rss_mb']:.0f} MB")
+    if r.get("worker_peak_rss_mb"):
+        print(f"scale_{size}_{stage}_worker_peak_rss: {r['worker_peak_rss_mb']:.0f} MB")
+
+
+def one_size(size: int, tmp: Path, args: argparse.Namespace) -> dict:
+    corpus, work = tmp / f"cv{size}" / "en", tmp / f"work{size}"
+    t = time.perf_counter()
+    generate(corpus, 0, size, seed=size, workers=args.gen_workers, splits=True)
+    print(f"scale_{size}_generate_seconds: {time.perf_counter() - t:.1f} s", flush=True)
+    figures: dict[str, dict] = {}
+    for stage in STAGES:  # each stage in its own process; earlier stages come back reused
+        r = child(
+            stage if stage == "validate" else f"validate,features,{stage}", work, corpus, args
+        )
+        audio_all = sum(r["audio"].values())
+        clips_all = sum(r["clips"].values())
+        audio = {
+            "validate": audio_all,
+            "features": audio_all,
+            "train": r["audio"].get("train", 0),
+            "evaluate": r["audio"].get("test", 0),
+        }[stage]
+        n = {"train": r["clips"]["train"], "evaluate": r["clips"]["test"]}.get(stage, clips_all)
+        r["n"] = n
+        _stage_figures(size, stage, r, r[stage], audio)
+        figures[stage] = {"seconds": r[stage], "n": n, "rss": r["peak_rss_mb"], **r}
+        if stage == "evaluate":
+            print(f"scale_{size}_test_wer: {r['wer']:.4f} ratio (one epoch; speed, not accuracy)")
+    print(f"scale_{size}_audio: {audio_all:.0f} s ({audio_all / 3600:.2f} h, {clips_all} clips)")
+
+    rerun = child("validate,features,train", work, corpus, args)
+    stages_s = rerun["validate"] + rerun["features"] + rerun["train"]
+    print(f"scale_{size}_unchanged_rerun_seconds: {stages_s:.1f} s (validate+features+train)")
+    print(f"scale_{size}_unchanged_rerun_process_seconds: {rerun['total']:.1f} s (+ imports)")
+    print(
+        f"scale_{size}_unchanged_rerun_stages: validate {rerun['validate']:.2f} s, "
+        f"features {rerun['features']:.2f} s, train {rerun['train']:.2f} s"
+    )
+    extra = max(1, size // 100)
+    generate(corpus, size, extra, seed=size + 1, workers=args.gen_workers, splits=False)
+    grown = child("validate,features", work, corpus, args)
+    full = figures["validate"]["seconds"] + figures["features"]["features"]
+    part = grown["validate"] + grown["features"]
+    print(
+        f"scale_{size}_one_percent_new_seconds: {part:.1f} s for {extra} new clips "
+        f"({grown['imported']} imported, {grown['computed']} featurised)"
+    )
+    print(
+        f"scale_{size}_one_percent_new_share: {100 * part / full:.1f} % of the full import+features"
+    )
+    figures["rerun"], figures["grown"] = rerun, grown
+    return figures
+
+
+def summary(results: dict[int, dict]) -> None:
+    sizes = sorted(results)
+    if len(sizes) < 2:
+        return
+    lo, hi = sizes[0], sizes[-1]
+    for stage in STAGES:
+        per_clip = [results[s][stage]["seconds"] / results[s][stage]["n"] for s in sizes]
+        spread = max(per_clip) / min(per_clip) - 1
+        print(f"scale_{stage}_per_clip_spread: {100 * spread:.0f} % (max/min over {sizes})")
+        growth = results[hi][stage]["rss"] / results[lo][stage]["rss"] - 1
+        print(f"scale_{stage}_peak_rss_growth_{lo}_to_{hi}: {100 * growth:.0f} %")
+        tree = results[hi][stage]["tree_peak_rss_mb"] / results[lo][stage]["tree_peak_rss_mb"] - 1
+        print(f"scale_{stage}_tree_peak_rss_growth_{lo}_to_{hi}: {100 * tree:.0f} %")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="2000,6000,20000")
+    parser.add_argument("--source", type=Path, default=DEFAULT)
+    parser.add_argument("--beam_width", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=0, help="import/feature processes")
+    parser.add_argument("--gen_workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tmp", type=Path, default=None, help="folder for the corpora")
+    parser.add_argument("--_stage", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_workdir", dest="workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--_corpus", dest="corpus", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args._stage:
+        args.stage = args._stage
+        run_stages(args)
+        return
+    if not (args.source / "validated.tsv").is_file():
+        print(f"skipped: no FSDD release at {args.source}")
+        return
+    _load_source(args.source)
+    results = {}
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            print(f"# {size} clips, load average {os.getloadavg()[0]:.1f}", flush=True)
+            results[size] = one_size(size, Path(tmp), args)
+            print(f"# done, load average {os.getloadavg()[0]:.1f}", flush=True)
+            sys.stdout.flush()
+            for d in (Path(tmp) / f"cv{size}", Path(tmp) / f"work{size}"):
+                subprocess.run(["rm", "-rf", str(d)], check=False)
+    summary(results)
+
+
+if __name__ == "__main__":
+    main()
