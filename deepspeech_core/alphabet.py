@@ -179,10 +179,12 @@ class UTF8Alphabet(Alphabet):
 def text_from_label_string(text: str, alphabet: Alphabet) -> str:
     """Text from a string of labels' characters (pyctcdecode's output, for instance).
 
-    In bytes output mode those characters are Latin-1 stand-ins for bytes.
+    In bytes output mode those characters are Latin-1 stand-ins for bytes; a decoder
+    that cannot keep to valid UTF-8 (pyctcdecode's) may spell bytes that are not, and
+    those are dropped rather than shown as U+FFFD.
     """
     if alphabet.bytes_output_mode:
-        return text.encode("latin-1").decode("utf-8", errors="replace")
+        return text.encode("latin-1").decode("utf-8", errors="ignore")
     return text
 
 

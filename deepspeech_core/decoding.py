@@ -8,9 +8,12 @@ or a KenLM binary), with DeepSpeech's lm_alpha/lm_beta meaning: score = log P(ac
 + alpha * ln P_LM(words) + beta * words. A .scorer's vocabulary trie gives the word list
 (partial words are scored against it) and its header the default alpha and beta.
 
-In bytes output mode the decoders work on bytes and return the UTF-8 text they spell
-(invalid sequences replaced, never an error); the word language model scores the
-decoded words, so it applies to languages written with spaces between words.
+In bytes output mode the decoders work on bytes and return the UTF-8 text they spell:
+greedy and LM-free beam search only extend along valid UTF-8 and drop an incomplete
+last character (`utf8_decoding`); with a scorer, pyctcdecode's search is not
+constrained and bytes that are not UTF-8 are dropped from its text. The word language
+model scores the decoded words, so it applies to languages written with spaces between
+words.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import tensorflow as tf
 from deepspeech_core.alphabet import Alphabet, text_from_label_string
 from deepspeech_core.config import DEEPSPEECH_LM_ALPHA, DEEPSPEECH_LM_BETA, DecoderConfig
 from deepspeech_core.scorer_package import ScorerError, is_scorer_package, read_scorer
+from deepspeech_core.utf8_decoding import Utf8BeamSearchDecoder, utf8_greedy_labels, utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,8 @@ class GreedyDecoder:
     name: str = "greedy"
 
     def decode(self, logits: np.ndarray) -> str:
+        if self.alphabet.bytes_output_mode:
+            return utf8_text(utf8_greedy_labels(logits))
         best = np.asarray(logits).argmax(axis=-1)
         keep = np.ones_like(best, bool)
         keep[1:] = best[1:] != best[:-1]
@@ -205,4 +211,6 @@ def make_decoder(alphabet: Alphabet, cfg: DecoderConfig) -> Decoder:
         )
     if cfg.beam_width <= 1:
         return GreedyDecoder(alphabet)
+    if alphabet.bytes_output_mode:
+        return Utf8BeamSearchDecoder(cfg.beam_width)
     return BeamSearchDecoder(alphabet, cfg.beam_width)

@@ -48,6 +48,7 @@ from deepspeech_core.manifests import (
     TFLiteModel,
 )
 from deepspeech_core.tflite_export import export_tflite
+from deepspeech_core.utf8_decoding import utf8_greedy_text_graph
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ def _version(package: str) -> str | None:
 
 
 def _greedy_text(logits: tf.Tensor, alphabet: Alphabet) -> tf.Tensor:
-    """Best-path transcript of one utterance's logits [1, T, classes], in the graph."""
+    """Best-path transcript of one utterance's logits [1, T, classes], in the graph
+    (in bytes output mode the greedy decoder that keeps to valid UTF-8)."""
+    if alphabet.bytes_output_mode:
+        return utf8_greedy_text_graph(logits[0])
     lengths = tf.shape(logits)[1:2]
     decoded, _ = tf.nn.ctc_greedy_decoder(tf.transpose(logits, [1, 0, 2]), lengths)
     characters = tf.constant(alphabet.labels_as_bytes())  # raw UTF-8 bytes in bytes mode
