@@ -68,6 +68,10 @@ class Transcriber:
                     "export again or use --backend saved_model"
                 )
             self._client_build = build
+            # Unless --beam_width is given, the client keeps the width the file carries
+            # (metadata_beam_width, --export_beam_width): what an app that sets none uses.
+            given = decoder is not None and "beam_width" in decoder.model_fields_set
+            self._client_beam_width = self.decoder_config.beam_width if given else None
             return
         self.decoder = make_decoder(self.alphabet, self.decoder_config)
         if backend == "saved_model":
@@ -107,7 +111,7 @@ class Transcriber:
                 self._client_build,
                 self._client_model,
                 [wav],
-                beam_width=cfg.beam_width,
+                beam_width=self._client_beam_width,
                 scorer=cfg.scorer_path,
             )
         return run.records[0]["text"]

@@ -213,3 +213,32 @@ def test_transcribe_backend_deepspeech_runs_the_client(clients, exported):
     assert result.exit_code == 0, result.output
     got = [json.loads(line)["text"] for line in result.output.splitlines()]
     assert got == [r["text"] for r in run.records]
+
+
+def test_client_backends_keep_the_files_beam_width_unless_given(tmp_path, monkeypatch):
+    """`transcribe --backend deepspeech` without --beam_width decodes with the width the
+    file carries (metadata_beam_width, 500), as an app that sets none; with it, that one."""
+    from deepspeech_core import transcriber
+    from deepspeech_core.config import FeatureConfig
+    from deepspeech_core.deepspeech_client import ClientRun
+    from deepspeech_flow.cli import app
+
+    metadata = {"features": FeatureConfig().model_dump(mode="json"), "alphabet": list(" ab")}
+    (tmp_path / "metadata.json").write_text(json.dumps(metadata))
+    (tmp_path / TFLITE_FILE).write_bytes(b"not read: the client is replaced below")
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, np.zeros(16000, np.int16), 16000)
+    widths = []
+
+    def client(build, model, wavs, beam_width=None, scorer=None, **_):
+        widths.append(beam_width)
+        header = {"version": "0.9.3", "sample_rate": 16000, "beam_width": beam_width or 500}
+        return ClientRun(header, [{"file": str(wavs[0]), "text": "ab"}])
+
+    monkeypatch.setattr(transcriber, "run_client", client)
+    args = ["transcribe", "--model", str(tmp_path), "--backend", "deepspeech", str(wav)]
+    for extra in ([], ["--beam_width", "7"]):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip().endswith("\tab")
+    assert widths == [None, 7]
