@@ -277,7 +277,7 @@ class ShardReader:
             needed = offset + len(target)
             raise ValueError(f"shard {shard} has {opened.n_rows} frames, not {needed}")
         start = opened.data_offset + offset * self.n_input * 4
-        if os.preadv(opened.fd, [memoryview(target).cast("B")], start) != target.nbytes:
+        if os.preadv(opened.fd, [target.data.cast("B")], start) != target.nbytes:
             raise OSError(f"shard {shard} is shorter than its header says (a damaged cache)")
 
     def read_into(self, shard: str, offset: int, n_frames: int, out: np.ndarray) -> None:
