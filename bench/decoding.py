@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -110,6 +111,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="a Common Voice corpus to train on")
     parser.add_argument("--epochs", type=int, default=0, help="0: 3 on FSDD, 25 on espeak")
     parser.add_argument("--beam_width", type=int, default=1024)
+    parser.add_argument(
+        "--flat_clips", type=int, default=40, help="test clips decoded from flat logits"
+    )
     args = parser.parse_args()
 
     from deepspeech_core.checkpoints import load_model
@@ -129,15 +133,42 @@ def main() -> None:
         scorer = _scorer(arpa, spec.alphabet, tmp)
         print(f"test_clips: {len(index)} clips")
         print(f"test_audio: {audio:.1f} s")
+        flat_index = _head(index, args.flat_clips)
+        flat_audio = float(flat_index.durations.sum())
         for name, decoder, workers in _decoders(spec.alphabet, args.beam_width, arpa, scorer):
-            for kind, net in (("trained", model), ("flat", untrained)):
+            for kind, net, clips, of_audio in (
+                ("trained", model, index, audio),
+                ("flat", untrained, flat_index, flat_audio),
+            ):
+                cpu = _cpu_seconds()
                 started = time.perf_counter()
-                _, texts = decode_split(net, decoder, index, 8, spec.features.n_input, workers)
+                _, texts = decode_split(net, decoder, clips, 8, spec.features.n_input, workers)
                 seconds = time.perf_counter() - started
-                wer, cer = corpus_error_rates(list(index.transcripts), texts)
-                print(f"evaluate_throughput_{name}_{kind}: {audio / seconds:.1f} audio-s/s")
+                cpu = _cpu_seconds() - cpu
+                wer, cer = corpus_error_rates(list(clips.transcripts), texts)
+                print(f"evaluate_throughput_{name}_{kind}: {of_audio / seconds:.1f} audio-s/s")
+                print(f"evaluate_cpu_{name}_{kind}: {of_audio / cpu:.1f} audio-s/CPU-s")
                 print(f"test_wer_{name}_{kind}: {wer:.4f} ratio")
                 print(f"test_cer_{name}_{kind}: {cer:.4f} ratio", flush=True)
+
+
+def _head(index, count: int):
+    """The first `count` clips of a split index (the slow decoders on flat logits)."""
+    import dataclasses
+
+    n = min(count, len(index))
+    fields = ("shards", "offsets", "n_frames", "durations", "transcripts", "labels")
+    fields += ("wav_filenames", "sources")
+    return dataclasses.replace(index, **{f: getattr(index, f)[:n] for f in fields})
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the decoding workers)."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":
