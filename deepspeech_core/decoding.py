@@ -49,6 +49,8 @@ BEAM_THRESHOLD = 15.0
 # No look-ahead of the LM inside a word (flashlight's "smearing"): DeepSpeech scores a
 # word when its space comes, and so do we (the same WER as MAX here, and faster).
 SMEARING = "NONE"
+# DeepSpeech's decoder starts at the first frame whose blank probability is below 0.999.
+START_EXPANDING = math.log(0.999)
 # The LM-free search: a frame's labels below this probability extend no beam.
 PRUNE_PROBABILITY = 1e-3
 # A frame that says "space" with certainty, added after the last one with a language
@@ -124,11 +126,21 @@ def _emissions(logits: np.ndarray, closing: int | None = None) -> np.ndarray:
     """Log probabilities, C-contiguous float32 (flashlight reads the raw buffer); with
     `closing`, one more frame where that class is certain."""
     log_probs = _log_softmax(np.asarray(logits, np.float32))
+    log_probs = log_probs[_first_sound(log_probs) :]
+    if not len(log_probs):
+        return log_probs
     if closing is not None:
         last = np.full((1, log_probs.shape[1]), _IMPOSSIBLE, np.float32)
         last[0, closing] = _CERTAIN
         log_probs = np.concatenate([log_probs, last])
     return np.ascontiguousarray(log_probs, np.float32)
+
+
+def _first_sound(log_probs: np.ndarray) -> int:
+    """The first frame whose blank is below 0.999: DeepSpeech's decoder expands no beam
+    before it (`start_expanding_`), so a clip that is all blank decodes to nothing."""
+    sound = np.flatnonzero(log_probs[:, -1] < START_EXPANDING)
+    return int(sound[0]) if len(sound) else len(log_probs)
 
 
 class BeamSearchDecoder:
@@ -159,9 +171,10 @@ class BeamSearchDecoder:
         return DecoderConfig(beam_width=self.beam_width)
 
     def decode(self, logits: np.ndarray) -> str:
-        if not len(logits):
+        log_probs = _emissions(logits)
+        if not len(log_probs):
             return ""
-        probs = np.exp(_log_softmax(np.asarray(logits, np.float32)))
+        probs = np.exp(log_probs)
         probs = np.ascontiguousarray(np.concatenate([probs[:, -1:], probs[:, :-1]], axis=1))
         text, _ = self._search(
             probs, self._labels, beam_size=self.beam_width, beam_cut_threshold=self._prune
@@ -310,6 +323,8 @@ class LMBeamSearchDecoder:
 
     def decode(self, logits: np.ndarray) -> str:
         emissions = _emissions(logits, closing=self._space)
+        if not len(emissions):
+            return ""
         best = self._decoder.decode(emissions.ctypes.data, *emissions.shape)[0]
         return _text(best.tokens, self.alphabet)
 

@@ -209,3 +209,16 @@ def test_parallel_decoding_matches_one_process(speaking_model, tmp_path):
         both = decode_split(model, decoder, index, 4, spec.features.n_input, workers=2)
         assert both[1] == one and np.allclose(both[0], losses)
         assert any(one), "the fixture model says something"
+
+
+def test_nothing_before_the_first_sound_as_deepspeech(tmp_path):
+    """DeepSpeech's decoder expands no beam until a frame's blank is below 0.999: a
+    clip of near-certain blanks is empty even when a vocabulary word would pay."""
+    arpa = _unigram_arpa(tmp_path / "lm.arpa", {"a": -0.1})
+    p = np.full((6, 5), 2e-4, np.float32)
+    p[:, 4] = 1 - 4 * 2e-4  # blank 0.9992 in every frame, "a" 2e-4
+    lm = DecoderConfig(scorer_path=arpa, beam_width=16, lm_alpha=0.0, lm_beta=20.0)
+    assert make_decoder(ALPHABET, lm).decode(np.log(p)) == ""
+    assert BeamSearchDecoder(ALPHABET, beam_width=16).decode(np.log(p)) == ""
+    p[3, 1], p[3, 4] = 0.2, 0.8  # one frame says "a" with some weight: now it pays
+    assert "a" in make_decoder(ALPHABET, lm).decode(np.log(p)).split()
