@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument(
         "--flat_clips", type=int, default=20, help="test clips decoded from flat logits"
     )
+    parser.add_argument("--only", default="", help="comma-separated decoder names to run")
     parser.add_argument(
         "--repeat",
         type=int,
@@ -143,6 +144,8 @@ def main() -> None:
         flat_index = _head(index, args.flat_clips)
         flat_audio = float(flat_index.durations.sum())
         for name, decoder, workers in _decoders(spec.alphabet, args.beam_width, arpa, scorer):
+            if args.only and name not in args.only.split(","):
+                continue
             for kind, net, clips, of_audio in (
                 ("trained", model, index, audio),
                 ("flat", untrained, flat_index, flat_audio),
