@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +21,13 @@ from deepspeech_core import progress
 from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import EvaluationConfig
 from deepspeech_core.dataset import SplitIndex, batch_plan, make_dataset
-from deepspeech_core.decoding import Decoder, make_decoder
+from deepspeech_core.decoding import (
+    Decoder,
+    DecoderPool,
+    GreedyDecoder,
+    available_cores,
+    make_decoder,
+)
 from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.losses import make_eval_step
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, Metrics
@@ -52,34 +60,84 @@ class SampleResult:
     wer: float
 
 
+# Beam search in worker processes pays off from this many clips (starting a worker and
+# loading its decoder takes about a second); below it the clips are decoded here.
+PARALLEL_MIN_CLIPS = 32
+
+
+def decoder_workers(decoder: Decoder, clips: int) -> int:
+    """How many processes decode: every core for a beam search over enough clips."""
+    if isinstance(decoder, GreedyDecoder) or not hasattr(decoder, "config"):
+        return 1
+    return available_cores() if clips >= PARALLEL_MIN_CLIPS else 1
+
+
 def decode_split(
-    model, decoder: Decoder, index: SplitIndex, batch_size: int, n_input: int
+    model,
+    decoder: Decoder,
+    index: SplitIndex,
+    batch_size: int,
+    n_input: int,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """(per-sample CTC loss, decoded text) for every clip of `index`, in index order."""
+    """(per-sample CTC loss, decoded text) for every clip of `index`, in index order.
+
+    The model's forward pass runs here while `workers` processes (None: see
+    `decoder_workers`) decode earlier batches, so both cores stay busy; at most a few
+    batches per worker wait, so memory does not grow with the split.
+    """
+    workers = decoder_workers(decoder, len(index)) if workers is None else workers
     losses = np.zeros(len(index), np.float64)
     texts = [""] * len(index)
     plan = batch_plan(index.n_frames, batch_size)
     eval_step = make_eval_step(model, n_input)
-    done, started, last_log = 0, time.monotonic(), time.monotonic()
     progress.report("evaluate", len(index), 0)
-    for ids, batch in zip(plan, make_dataset(index, plan, n_input), strict=True):
-        logits, batch_losses = eval_step(batch)
-        logits, lengths = logits.numpy(), batch.feature_lengths.numpy()
-        for j, i in enumerate(ids):
-            losses[i] = batch_losses[j]
-            texts[i] = decoder.decode(logits[j, : lengths[j]])
-        done += len(ids)
-        seconds = float(index.durations[ids].sum())
-        progress.report("evaluate", len(index), done, audio_seconds=seconds)
-        if time.monotonic() - last_log > 30:
-            last_log = time.monotonic()
+    tracker = _Progress(index)
+    pool = DecoderPool(decoder, workers) if workers > 1 else None
+    pending: deque[tuple[np.ndarray, Future]] = deque()
+    try:
+        for ids, batch in zip(plan, make_dataset(index, plan, n_input), strict=True):
+            logits, batch_losses = eval_step(batch)
+            logits, lengths = logits.numpy(), batch.feature_lengths.numpy()
+            losses[ids] = np.asarray(batch_losses)
+            clips = [logits[j, : lengths[j]] for j in range(len(ids))]
+            if pool is None:
+                tracker.done(ids, [decoder.decode(c) for c in clips], texts)
+                continue
+            pending.append((ids, pool.submit(clips)))
+            while len(pending) > 4 * workers:
+                done_ids, future = pending.popleft()
+                tracker.done(done_ids, future.result(), texts)
+        while pending:
+            done_ids, future = pending.popleft()
+            tracker.done(done_ids, future.result(), texts)
+    finally:
+        if pool is not None:
+            pool.close()
+    return losses, texts
+
+
+class _Progress:
+    """Progress of a split's decoding: the progress bar, and a log line every 30 s."""
+
+    def __init__(self, index: SplitIndex) -> None:
+        self.index, self.count = index, 0
+        self.started = self.last_log = time.monotonic()
+
+    def done(self, ids: np.ndarray, decoded: list[str], texts: list[str]) -> None:
+        for i, text in zip(ids, decoded, strict=True):
+            texts[i] = text
+        self.count += len(ids)
+        seconds = float(self.index.durations[ids].sum())
+        progress.report("evaluate", len(self.index), self.count, audio_seconds=seconds)
+        if time.monotonic() - self.last_log > 30:
+            self.last_log = time.monotonic()
             log.info(
                 "decoded %d/%d clips (%.1f clips/s)",
-                done,
-                len(index),
-                done / (last_log - started),
+                self.count,
+                len(self.index),
+                self.count / (self.last_log - self.started),
             )
-    return losses, texts
 
 
 def _metrics(samples: list[SampleResult]) -> Metrics:

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import EvaluationConfig
 from deepspeech_core.dataset import SplitIndex, batch_plan, make_dataset
-from deepspeech_core.decoding import LMBeamSearchDecoder
+from deepspeech_core.decoding import LMBeamSearchDecoder, PyctcdecodeLMDecoder, make_lm_decoder
 from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.losses import make_eval_step
 from deepspeech_core.manifests import FeatureCacheManifest
@@ -84,7 +84,7 @@ def split_logits(model, index: SplitIndex, batch_size: int, n_input: int) -> lis
     return out
 
 
-def _score(decoder: LMBeamSearchDecoder, logits, references) -> ErrorCounts:
+def _score(decoder: LMBeamSearchDecoder | PyctcdecodeLMDecoder, logits, references) -> ErrorCounts:
     totals = [0, 0, 0, 0]
     for clip, reference in zip(logits, references, strict=True):
         c = error_counts(reference, decoder.decode(clip))
@@ -118,7 +118,7 @@ def tune(
     started = time.monotonic()
     logits = split_logits(model, index, cfg.test_batch_size, spec.features.n_input)
     log.info("dev logits of %d clips in %.1f s", len(index), time.monotonic() - started)
-    decoder = LMBeamSearchDecoder(spec.alphabet, cfg.scorer_path, cfg.beam_width)
+    decoder = make_lm_decoder(spec.alphabet, cfg.scorer_path, cfg.beam_width)
     metric = "wer" if " " in spec.alphabet.characters else "cer"
     trials: list[TrialResult] = []
 

@@ -130,3 +130,97 @@ def test_build_lm_command(tmp_path):
     assert "4 sentences" in result.output
     decoder = make_decoder(ALPHABET, DecoderConfig(scorer_path=out, beam_width=16))
     assert decoder.decode(one_hot_logits([1, 2, 0, 3])) == "ab c"
+
+
+def _unigram_arpa(path, log10_probs: dict[str, float]):
+    """An ARPA where each word has exactly this log10 probability in any context (KenLM
+    reads bigram models and up: one bigram of a word the tests never spell)."""
+    rows = {**log10_probs, "cc": -9.0, "</s>": -0.5, "<s>": -99.0, "<unk>": -3.0}
+    lines = ["\\data\\", f"ngram 1={len(rows)}", "ngram 2=1", "", "\\1-grams:"]
+    lines += [f"{p}\t{w}\t0" for w, p in rows.items()]
+    lines += ["", "\\2-grams:", "-9.0\tcc cc", "", "\\end\\", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_lm_alpha_and_beta_mean_what_they_mean_in_deepspeech(tmp_path):
+    """score = ln P_ctc + alpha * ln P_LM + beta * words, with ln (not log10) P_LM.
+
+    Frame 2 says c (0.7) rather than b (0.3): acoustically "ac" leads by ln(7/3). The LM
+    prefers "ab" by one decade, ln 10 in DeepSpeech's units. So "ab" wins exactly when
+    alpha > ln(7/3) / ln 10 = 0.368; a decoder using log10 would need alpha > 0.847.
+    """
+    arpa = _unigram_arpa(tmp_path / "lm.arpa", {"ab": -0.2, "ac": -1.2, "b": -1.5})
+    p = np.full((2, 5), 1e-7, np.float32)
+    p[0, 1] = 1.0
+    p[1, 2], p[1, 3] = 0.3, 0.7
+    logits = np.log(p)
+    threshold = np.log(0.7 / 0.3) / np.log(10)
+    for alpha, expected in ((threshold - 0.03, "ac"), (threshold + 0.03, "ab")):
+        decoder = make_decoder(
+            ALPHABET, DecoderConfig(scorer_path=arpa, beam_width=16, lm_alpha=alpha, lm_beta=0)
+        )
+        assert decoder.decode(logits) == expected, alpha
+    # beta is a bonus per word, in the same units: with alpha 0, "a b" (two words, but
+    # its space costs ln 1e-3 = -6.9) beats "ab" (one word) exactly when beta > 6.9.
+    q = np.full((3, 5), 1e-7, np.float32)
+    q[0, 1], q[1, 0], q[1, 4], q[2, 2] = 1.0, 1e-3, 1.0, 1.0
+    vocabulary = _unigram_arpa(tmp_path / "ab.arpa", {"ab": -1.0, "a": -1.0, "b": -1.0})
+    one, two = "ab", "a b"
+    for beta, expected in ((6.5, one), (7.3, two)):
+        decoder = make_decoder(
+            ALPHABET,
+            DecoderConfig(scorer_path=vocabulary, beam_width=16, lm_alpha=0.0, lm_beta=beta),
+        )
+        assert decoder.decode(np.log(q)) == expected, beta
+    # set_weights (tune-lm's trials) changes the weights of a loaded decoder
+    decoder.set_weights(0.0, 6.5)
+    assert decoder.decode(np.log(q)) == one
+
+
+def test_lm_beam_search_writes_only_vocabulary_words(tmp_path):
+    """As DeepSpeech's trie-constrained search: an unknown spelling becomes the nearest
+    vocabulary word, and the last word is finished too."""
+    arpa = _unigram_arpa(tmp_path / "lm.arpa", {"ab": -0.5, "cab": -0.5})
+    # the acoustics say "ac cb": neither is a word
+    text = "ac cb"
+    logits = np.full((len(text), 5), -5.0, np.float32)
+    for t, c in enumerate(text):
+        logits[t, ALPHABET.encode(c)[0]] = 3.0
+    logits[1, 2] = 2.0  # b a little less likely than c
+    logits[3, 1] = 2.5  # a a little less likely than c
+    decoder = make_decoder(ALPHABET, DecoderConfig(scorer_path=arpa, beam_width=64))
+    assert decoder.decode(logits) == "ab ab"  # each letter's second guess makes a word
+    assert BeamSearchDecoder(ALPHABET, beam_width=64).decode(logits) == text
+
+
+def test_parallel_decoding_matches_one_process(speaking_model, tmp_path):
+    """Worker processes (each with its own copy of the decoder) give the same texts."""
+    from deepspeech_core.checkpoints import load_model
+    from deepspeech_core.dataset import SplitIndex
+    from deepspeech_core.evaluation import decode_split
+
+    cfg, corpus, features, _ = speaking_model
+    model, spec, _ = load_model(cfg.checkpoint_dir)
+    index = SplitIndex.load(features.indexes["test"], spec.alphabet)
+    train_text = pd.read_csv(corpus.splits["train"], keep_default_na=False).transcript
+    arpa = write_arpa(train_text, tmp_path / "train.arpa", order=3)
+    lm = DecoderConfig(scorer_path=arpa, beam_width=64, lm_alpha=0.7, lm_beta=1.1)
+    for decoder in (BeamSearchDecoder(spec.alphabet, 64), make_decoder(spec.alphabet, lm)):
+        losses, one = decode_split(model, decoder, index, 4, spec.features.n_input, workers=1)
+        both = decode_split(model, decoder, index, 4, spec.features.n_input, workers=2)
+        assert both[1] == one and np.allclose(both[0], losses)
+        assert any(one), "the fixture model says something"
+
+
+def test_nothing_before_the_first_sound_as_deepspeech(tmp_path):
+    """DeepSpeech's decoder expands no beam until a frame's blank is below 0.999: a
+    clip of near-certain blanks is empty even when a vocabulary word would pay."""
+    arpa = _unigram_arpa(tmp_path / "lm.arpa", {"a": -0.1})
+    p = np.full((6, 5), 2e-4, np.float32)
+    p[:, 4] = 1 - 4 * 2e-4  # blank 0.9992 in every frame, "a" 2e-4
+    lm = DecoderConfig(scorer_path=arpa, beam_width=16, lm_alpha=0.0, lm_beta=20.0)
+    assert make_decoder(ALPHABET, lm).decode(np.log(p)) == ""
+    assert BeamSearchDecoder(ALPHABET, beam_width=16).decode(np.log(p)) == ""
+    p[3, 1], p[3, 4] = 0.2, 0.8  # one frame says "a" with some weight: now it pays
+    assert "a" in make_decoder(ALPHABET, lm).decode(np.log(p)).split()

@@ -126,8 +126,8 @@ def test_scorer_package_in_the_decoder(tmp_path, build_binary_tool):
     decoder = make_decoder(ENGLISH, DecoderConfig(scorer_path=scorer, beam_width=32))
     assert isinstance(decoder, LMBeamSearchDecoder)
     assert (decoder.alpha, decoder.beta) == (0.5, 2.25), "the package's defaults"
-    lm = decoder._decoder._language_model  # the vocabulary reached the beam search
-    assert sorted(lm._unigram_set) == sorted(set(arpa_words(arpa)) - {"<s>", "</s>", "<unk>"})
+    # the vocabulary reached the beam search's lexicon
+    assert sorted(decoder.vocabulary) == sorted(set(arpa_words(arpa)) - {"<s>", "</s>", "<unk>"})
     given = make_decoder(ENGLISH, DecoderConfig(scorer_path=scorer, lm_alpha=1.5, lm_beta=0.0))
     assert (given.alpha, given.beta) == (1.5, 0.0), "flags win over the package"
     plain = make_decoder(ENGLISH, DecoderConfig(scorer_path=arpa))
