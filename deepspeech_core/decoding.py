@@ -69,6 +69,11 @@ class DecoderError(ValueError):
 
 class Decoder(Protocol):
     name: str
+    alphabet: Alphabet
+
+    @property
+    def config(self) -> DecoderConfig:
+        """What rebuilds this decoder elsewhere (DecoderPool's worker processes)."""
 
     def decode(self, logits: np.ndarray) -> str:
         """Text of one utterance from its logits [time, classes]."""
@@ -493,7 +498,7 @@ def make_decoder(alphabet: Alphabet, cfg: DecoderConfig) -> Decoder:
     if cfg.beam_width <= 1:
         return GreedyDecoder(alphabet)
     if alphabet.bytes_output_mode:
-        return Utf8BeamSearchDecoder(cfg.beam_width)
+        return Utf8BeamSearchDecoder(alphabet, cfg.beam_width)
     return BeamSearchDecoder(alphabet, cfg.beam_width)
 
 
@@ -532,7 +537,7 @@ class DecoderPool:
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(decoder.alphabet, decoder.config),  # type: ignore[attr-defined]
+            initargs=(decoder.alphabet, decoder.config),
         )
 
     def submit(self, clips: list[np.ndarray]) -> Future:

@@ -33,6 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepspeech_core.alphabet import Alphabet
+from deepspeech_core.config import DecoderConfig
+
 ACCEPT = 0  # between characters: the bytes so far are complete UTF-8
 REJECT = -1
 N_BYTE_LABELS = 255  # UTF8Alphabet: labels 0..254 write the bytes 0x01..0xFF; 255 is blank
@@ -294,8 +297,14 @@ def utf8_text(labels: np.ndarray) -> str:
 class Utf8BeamSearchDecoder:
     """Bytes output mode's LM-free beam search (`utf8_beam_search_labels`)."""
 
+    alphabet: Alphabet
     beam_width: int
     name: str = "beam"
+
+    @property
+    def config(self) -> DecoderConfig:
+        """What rebuilds this decoder in a worker process (DecoderPool)."""
+        return DecoderConfig(beam_width=self.beam_width)
 
     def decode(self, logits: np.ndarray) -> str:
         return utf8_text(utf8_beam_search_labels(logits, self.beam_width))

@@ -30,7 +30,7 @@ from deepspeech_core.kenlm_tools import KenLMToolError, find_tool
 from deepspeech_core.metrics import corpus_error_rates
 from deepspeech_core.scorer_package import read_scorer
 from deepspeech_flow.cli import app
-from tests.conftest import SHARED_FSDD, tiny_config
+from tests.helpers import SHARED_FSDD, tiny_config
 
 pytestmark = pytest.mark.slow
 BEAM_WIDTH = 256
