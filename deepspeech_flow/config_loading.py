@@ -40,6 +40,8 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "checkpoint_secs": ("training", "checkpoint_secs"),
     "train_retries": ("training", "train_retries"),
     "augment": ("training", "augment"),
+    "recipe": ("training", "recipe"),
+    "feature_norm": ("model", "feature_norm"),
     "load_train": ("training", "load_train"),
     "early_stop": ("training", "early_stop"),
     "es_epochs": ("training", "es_epochs"),
