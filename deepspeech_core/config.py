@@ -180,7 +180,7 @@ class TrainingConfig(_Section):
     recipe: Literal["none", "small_data"] = Field(
         "none",
         description="small_data: feature normalisation, speed perturbation, SpecAugment-style "
-        "masks, dropout 0.3, early stopping and LR cuts on dev loss (RECIPES); flags you give "
+        "masks, dropout 0.3, early stopping and LR cuts on dev loss; flags you give "
         "win over the recipe's values.",
     )
 
