@@ -5,7 +5,8 @@ train george/jackson/nicolas, dev and test theo) this validates and featurises t
 corpus (cached in --workdir, shared by every arm), trains one arm, and evaluates the
 best dev-loss checkpoint on the test split with DeepSpeech's beam search (width 1024)
 without a language model and with the word bigram `deepspeech-flow build-lm --order 2`
-builds from the training transcripts (DeepSpeech's default lm_alpha/lm_beta).
+builds from the training transcripts (DeepSpeech's default lm_alpha/lm_beta; with
+--lm_trials N also the pair `tune-lm` finds on the dev split).
 
 Arms: `recipe` (--recipe small_data), `baseline` (DeepSpeech's defaults), and the recipe
 without one component each: no_feature_norm, no_speed, no_masks, dropout_0.05,
@@ -82,6 +83,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--lm_trials", type=int, default=0, help="also tune-lm's search on dev, N trials"
+    )
     args = parser.parse_args()
     if not args.corpus.is_dir():
         print(f"skipped: no corpus at {args.corpus}")
@@ -126,6 +130,22 @@ def main() -> None:
         )
         print(f"{name}_test_wer{label}: {result.wer:.4f} ratio")
         print(f"{name}_test_cer{label}: {result.cer:.4f} ratio")
+    if args.lm_trials:
+        from deepspeech_core.lm_tuning import tune
+
+        lm = cfg.evaluation.model_copy(update={"scorer_path": bigram})
+        tuned = tune(features, cfg.checkpoint_dir, lm, n_trials=args.lm_trials, seed=args.seed)
+        print(f"{name}_tuned_lm_alpha: {tuned.lm_alpha:.3f} weight (dev, {args.lm_trials} trials)")
+        print(f"{name}_tuned_lm_beta: {tuned.lm_beta:.3f} weight")
+        weights = {"lm_alpha": tuned.lm_alpha, "lm_beta": tuned.lm_beta}
+        result = evaluate(
+            features,
+            cfg.checkpoint_dir,
+            lm.model_copy(update=weights),
+            cfg.workdir / "reports" / f"{args.arm}_bigram_tuned",
+        )
+        print(f"{name}_test_wer_bigram_tuned: {result.wer:.4f} ratio")
+        print(f"{name}_test_cer_bigram_tuned: {result.cer:.4f} ratio")
 
 
 if __name__ == "__main__":
