@@ -47,13 +47,14 @@ def test_recipe_sets_its_components_and_given_flags_win(tmp_path):
 
 def test_recipe_is_recorded_with_the_training_and_the_export(trained, tmp_path):
     cfg, _, features, _ = trained
+    training = {"epochs": 1, "train_batch_size": 8, "dev_batch_size": 8, "seed": 7}
     recipe = PipelineConfig.model_validate(
         {
-            **cfg.model_dump(),
             "model": {"n_hidden": 16, "dropout_rate": 0.2},  # the user's dropout wins
-            "training": {**cfg.training.model_dump(), "epochs": 1, "recipe": "small_data"},
+            "training": {**training, "recipe": "small_data"},
         }
     )
+    assert recipe.features == cfg.features  # the cache's features
     checkpoint_dir = tmp_path / "ckpt"
     train(features, recipe.model, recipe.features, recipe.training, checkpoint_dir)
     record = json.loads((checkpoint_dir / RECIPE_FILE).read_text())
