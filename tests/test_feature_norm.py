@@ -139,7 +139,7 @@ def test_every_graph_applies_the_statistics(twin_export, tmp_path):
     assert feature_statistics(exported) == metadata["feature_norm"]
     saved = tf.saved_model.load(str(manifest.saved_model))
     got = saved.features(tf.constant(clip, tf.float32))["logits"].numpy()
-    np.testing.assert_allclose(got, plain, atol=1e-3)
+    np.testing.assert_allclose(got, plain[0], atol=1e-3)  # the signature drops the batch
     # Both streaming TFLite models and the three client graphs were streamed against the
     # Keras model before they were written (the export refuses a mismatch).
     assert set(manifest.tflite) == {"model.tflite", "model.quant.tflite"}
