@@ -9,7 +9,8 @@ Feature-domain augmentations work on the cached MFCC matrix [frames, n_input], s
 cache stays valid:
 frequency_mask (zero bands of coefficients), time_mask (zero spans of frames), dropout
 (zero single values), add (+ Gaussian noise), multiply (x Gaussian noise around 1),
-pitch (rescale the coefficient axis) and tempo (rescale the time axis). Every random
+pitch (rescale the coefficient axis), tempo (rescale the time axis) and speed (both, by
+one factor of 0.9/1.0/1.1, the speed perturbation of icefall's recipes). Every random
 draw comes from a generator seeded by (seed, epoch, batch, clip), so the same seed gives
 the same augmented batches, and a resumed run sees exactly what it would have seen.
 
@@ -174,7 +175,34 @@ class Tempo(Augmentation):
         return _resize(x, length, axis=0)
 
 
+class Speed(Augmentation):
+    """Speed perturbation (icefall's and SpeechBrain's 0.9/1.0/1.1) on cached MFCCs.
+
+    Each clip gets one of the factors 1 - delta, 1, 1 + delta with equal probability;
+    as with audio played faster, the clip is shortened in time by the factor (tempo)
+    and its coefficient axis stretched by it (pitch), one draw for both.
+    """
+
+    defaults = {"delta": ("0.1", False)}
+
+    def apply(self, x, rng, clock, ctx):
+        delta = self.value("delta", rng, clock)
+        factor = 1.0 + delta * float(rng.integers(-1, 2))
+        if factor == 1.0 or factor <= 0:
+            return x
+        length = max(int(round(len(x) / factor)), ctx["min_frames"])
+        x = _resize(x, length, axis=0)
+        n = x.shape[1]
+        scaled = _resize(x, max(1, int(round(n * factor))), axis=1)
+        return (
+            scaled[:, :n]
+            if scaled.shape[1] >= n
+            else np.pad(scaled, [(0, 0), (0, n - scaled.shape[1])])
+        )
+
+
 AUGMENTATIONS: dict[str, type[Augmentation]] = {
+    "speed": Speed,
     "frequency_mask": FrequencyMask,
     "time_mask": TimeMask,
     "dropout": Dropout,

@@ -5,6 +5,7 @@
     CHECKPOINT_DIR/train/         periodic checkpoints: resume from the newest
     CHECKPOINT_DIR/best/          the best dev-loss checkpoint: evaluate and export from it
     CHECKPOINT_DIR/history.json   per-epoch train and dev loss
+    CHECKPOINT_DIR/recipe.json    what --recipe set (each component, recipe vs used value)
 
 Two managers, two meanings (icefall's epoch-N vs best-valid-loss). The architecture is
 read from model.json on resume; a run asked for a different one gets a clear error.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.alphabet import Alphabet, alphabet_from_record
@@ -31,13 +33,22 @@ from deepspeech_core.deepspeech_checkpoint import (
     set_weights,
 )
 from deepspeech_core.io_utils import atomic_write_json, read_json_or_none
-from deepspeech_core.model import create_model, rng_variables
+from deepspeech_core.model import (
+    FEATURE_NORM,
+    create_model,
+    feature_norm_layer,
+    feature_statistics,
+    rng_variables,
+    set_feature_statistics,
+)
 from deepspeech_core.training_runs import (
     is_trainings_root,
     no_trained_model_message,
     resolve_trained,
 )
 from deepspeech_core.training_state import check_state_file
+
+RECIPE_FILE = "recipe.json"
 
 
 class CheckpointError(ValueError):
@@ -80,6 +91,7 @@ class ModelSpec:
             "n_context": self.features.n_context,
             "n_hidden": self.model.n_hidden,
             "layer_norm": self.model.layer_norm,
+            "feature_norm": self.model.feature_norm,
         }
 
 
@@ -228,7 +240,8 @@ def transfer_weights(
     else:
         source, source_spec, _ = load_model(source_dir, "best", "--load_checkpoint_dir")
     a, b = source_spec.architecture(), target_spec.architecture()
-    mismatch = {k: (a[k], b[k]) for k in a if k != "alphabet" and a[k] != b[k]}
+    free = ("alphabet", "feature_norm")  # feature_norm: see _transfer_statistics
+    mismatch = {k: (a[k], b[k]) for k in a if k not in free and a[k] != b[k]}
     if mismatch:
         raise CheckpointError(
             f"--load_checkpoint_dir {source_dir} has a different architecture {mismatch}; "
@@ -244,6 +257,29 @@ def transfer_weights(
         target.get_layer(name).set_weights(source.get_layer(name).get_weights())
     norms = [layer.name for layer in target.layers if layer.name.endswith("_norm")]
     for name in norms:
-        if name.split("_norm")[0] in keep:
+        if name != FEATURE_NORM and name.split("_norm")[0] in keep:
             target.get_layer(name).set_weights(source.get_layer(name).get_weights())
+    if "layer_1" in keep:
+        _transfer_statistics(source, target, source_dir)
     return list(keep)
+
+
+def _transfer_statistics(source: keras.Model, target: keras.Model, source_dir: Path) -> None:
+    """The copied layer_1 expects its source's features: keep the source's normalisation.
+
+    A source trained without normalisation gives the identity (its layer_1 saw raw
+    MFCCs); a normalising source into a target without the layer is refused, since
+    the weights would then see features they were never trained on.
+    """
+    stats = feature_statistics(source)
+    if feature_norm_layer(target) is None:
+        if stats is not None:
+            raise CheckpointError(
+                f"--load_checkpoint_dir {source_dir} normalises its features (feature_norm): "
+                "add --feature_norm so the copied layers see the features they were trained on"
+            )
+        return
+    if stats is None:
+        n_input = feature_norm_layer(target).n_input
+        stats = {"mean": [0.0] * n_input, "std": [1.0] * n_input}
+    set_feature_statistics(target, np.array(stats["mean"]), np.array(stats["std"]))

@@ -89,6 +89,12 @@ class ModelConfig(_Section):
     dropout_rate6: float = Field(-1.0, lt=1, description="Layer 5 dropout; <0: --dropout_rate.")
     relu_clip: float = Field(20.0, gt=0, description="ReLU activations are clipped here.")
     layer_norm: bool = Field(False, description="Layer normalisation after each dense layer.")
+    feature_norm: bool = Field(
+        False,
+        description="Normalise the MFCCs by the training features' global mean and standard "
+        "deviation (computed when a training starts, stored with the weights, applied inside "
+        "every exported graph).",
+    )
 
     def dropout_for(self, layer: int) -> float:
         """DeepSpeech's per-layer dropout: --dropout_rate{2,3,6} override when >= 0."""
@@ -171,6 +177,12 @@ class TrainingConfig(_Section):
         default_factory=list,
         description="DeepSpeech --augment specs, e.g. 'frequency_mask[p=0.8,n=2:4,size=2:4]'.",
     )
+    recipe: Literal["none", "small_data"] = Field(
+        "none",
+        description="small_data: feature normalisation, speed perturbation, SpecAugment-style "
+        "masks, dropout 0.3, early stopping and LR cuts on dev loss; flags you give "
+        "win over the recipe's values.",
+    )
 
     @field_validator("augment")
     @classmethod
@@ -179,6 +191,43 @@ class TrainingConfig(_Section):
 
         parse_augmentations(specs)  # raises AugmentationError (a ValueError) with the fix
         return specs
+
+
+# --recipe NAME: (section, field) -> value, applied to every field the user did not set.
+# small_data is for corpora of a few to a few hundred hours whose test speakers are not
+# in training (Common Voice's official splits); docs/PERFORMANCE.md measures each part.
+RECIPES: dict[str, dict[tuple[str, str], object]] = {
+    "small_data": {
+        ("model", "feature_norm"): True,
+        ("model", "dropout_rate"): 0.3,
+        ("training", "augment"): [
+            "speed[p=1,delta=0.1]",
+            "frequency_mask[p=0.5,n=1:2,size=1:3]",
+            "time_mask[p=0.5,n=1:2,size=20:60]",
+        ],
+        ("training", "early_stop"): True,
+        ("training", "es_epochs"): 8,
+        ("training", "reduce_lr_on_plateau"): True,
+        ("training", "plateau_epochs"): 4,
+        ("training", "plateau_reduction"): 0.5,
+    },
+}
+
+
+def recipe_record(name: str, model: ModelConfig, training: TrainingConfig) -> dict | None:
+    """What a training's recipe set: each component's recipe value and the value used.
+
+    `used` differs from `recipe` where the user's own flag won. Stored beside the
+    checkpoints (recipe.json) and in each export's metadata.json.
+    """
+    if name not in RECIPES:
+        return None
+    sections = {"model": model, "training": training}
+    components = {
+        f"{section}.{field}": {"recipe": value, "used": getattr(sections[section], field)}
+        for (section, field), value in RECIPES[name].items()
+    }
+    return {"name": name, "components": components}
 
 
 # DeepSpeech 0.9.3's --lm_alpha/--lm_beta defaults (used when neither the flags, a
@@ -268,6 +317,19 @@ class PipelineConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @model_validator(mode="after")
+    def _apply_recipe(self) -> PipelineConfig:
+        """--recipe fills the fields the user did not give (explicit values win).
+
+        Idempotent: a validated config re-validated from its dump has every field set,
+        so the recipe changes nothing the second time.
+        """
+        for (section, name), value in RECIPES.get(self.training.recipe, {}).items():
+            part = getattr(self, section)
+            if name not in part.model_fields_set:
+                setattr(part, name, value)
+        return self
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -3,7 +3,8 @@
 As DeepSpeech's evaluate.py: every test file is reported on its own (WER, CER, mean
 loss) and the best, median and worst `report_count` samples are shown; the per-sample
 JSON has DeepSpeech's --test_output_file fields. On top: the whole test split's figures,
-a WER-by-duration breakdown, and the decoder that produced them.
+a WER-by-duration breakdown, WER/CER per speaker (Common Voice client_id) and per
+gender, age and accent where the corpus fills them, and the decoder that produced them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from deepspeech_core.io_utils import atomic_write_json
 from deepspeech_core.losses import make_eval_step
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, Metrics
 from deepspeech_core.metrics import ErrorCounts, error_counts
+from deepspeech_core.speakers import DEMOGRAPHICS, SPEAKER, clip_speakers, group_by
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,23 @@ def by_duration(samples: list[SampleResult], durations: np.ndarray) -> dict[str,
     return {label: _metrics(group) for label, group in groups.items()}
 
 
+def by_speaker(
+    samples: list[SampleResult], index: SplitIndex
+) -> tuple[dict[str, Metrics], dict[str, dict[str, Metrics]]]:
+    """Metrics per Common Voice speaker (client_id), and per gender, age and accent.
+
+    Empty where the corpus has no such column (DeepSpeech CSVs) or leaves it blank.
+    """
+    who = clip_speakers(index.wav_filenames, index.sources)
+    speakers = group_by([w[SPEAKER] for w in who], samples)
+    demographics = {}
+    for column in DEMOGRAPHICS:
+        groups = group_by([w[column] for w in who], samples)
+        if groups:
+            demographics[column] = {value: _metrics(group) for value, group in groups.items()}
+    return {k: _metrics(group) for k, group in speakers.items()}, demographics
+
+
 def report_examples(samples: list[SampleResult], count: int) -> dict[str, list[dict]]:
     """DeepSpeech's report: best, median and worst samples by WER, then by loss."""
     if not count or not samples:
@@ -227,6 +246,7 @@ def evaluate(
     overall = _metrics(samples)
     files = {source: _metrics(group) for source, group in per_file.items()}
     durations = by_duration(samples, index.durations)
+    speakers, demographics = by_speaker(samples, index)
     examples = report_examples(samples, cfg.report_count)
 
     reports_dir = Path(reports_dir)
@@ -249,6 +269,11 @@ def evaluate(
             "lm_beta": getattr(decoder, "beta", None),
             "per_file": {k: v.model_dump() for k, v in files.items()},
             "by_duration": {k: v.model_dump() for k, v in durations.items()},
+            "by_speaker": {k: v.model_dump() for k, v in speakers.items()},
+            "by_demographic": {
+                column: {k: v.model_dump() for k, v in groups.items()}
+                for column, groups in demographics.items()
+            },
             "examples": examples,
         },
     )
@@ -261,6 +286,8 @@ def evaluate(
             m.loss,
             m.samples,
         )
+    for speaker, m in speakers.items():
+        log.info("speaker %s: WER %.4f, CER %.4f (%d clips)", speaker[:12], m.wer, m.cer, m.samples)
     _log_examples(examples)
     log.info(
         "%s: WER %.4f, CER %.4f, loss %.3f on %d clips (%s decoder)",
@@ -279,6 +306,8 @@ def evaluate(
         decoder=decoder.name,
         per_file=files,
         by_duration=durations,
+        by_speaker=speakers,
+        by_demographic=demographics,
         examples=examples,
     )
 

@@ -32,12 +32,17 @@ import tensorflow as tf
 
 from deepspeech_core import export_store, gpu_monitor, progress
 from deepspeech_core.alphabet import Alphabet, alphabet_from_record
-from deepspeech_core.checkpoints import ModelSpec, load_model, save_inference_checkpoint
+from deepspeech_core.checkpoints import (
+    RECIPE_FILE,
+    ModelSpec,
+    load_model,
+    save_inference_checkpoint,
+)
 from deepspeech_core.config import ExportConfig
 from deepspeech_core.dataset import SplitIndex
 from deepspeech_core.deepspeech_export import export_deepspeech
 from deepspeech_core.features import audio_to_mfccs
-from deepspeech_core.io_utils import atomic_write_json, atomic_write_text
+from deepspeech_core.io_utils import atomic_write_json, atomic_write_text, read_json_or_none
 from deepspeech_core.locking import describe_holder, export_lock
 from deepspeech_core.manifests import (
     CorpusManifest,
@@ -47,6 +52,7 @@ from deepspeech_core.manifests import (
     FeatureCacheManifest,
     TFLiteModel,
 )
+from deepspeech_core.model import feature_statistics
 from deepspeech_core.tflite_export import export_tflite
 from deepspeech_core.utf8_decoding import utf8_greedy_text_graph
 
@@ -139,6 +145,12 @@ def _metadata(
         "test_wer": evaluation.wer if evaluation else None,
         "test_cer": evaluation.cer if evaluation else None,
         "test_decoder": evaluation.decoder if evaluation else None,
+        "test_by_speaker": _dump(evaluation.by_speaker) if evaluation else {},
+        "test_by_demographic": {k: _dump(v) for k, v in evaluation.by_demographic.items()}
+        if evaluation
+        else {},
+        "feature_norm": feature_statistics(model),  # None: the model uses raw MFCCs
+        "recipe": read_json_or_none(Path(checkpoint).parent.parent / RECIPE_FILE, "recipe"),
         "versions": {
             "deepspeech-flow": _version("deepspeech-flow"),
             "tensorflow": tf.__version__,
@@ -146,6 +158,42 @@ def _metadata(
             "prefect": _version("prefect"),
         },
     }
+
+
+def _dump(groups: dict) -> dict:
+    return {k: v.model_dump() for k, v in groups.items()}
+
+
+def _group_lines(title: str, groups: dict[str, dict]) -> list[str]:
+    """A model-card table of WER/CER per group (speaker, gender, ...); none if empty."""
+    if not groups:
+        return []
+    return [
+        "",
+        f"| {title} | clips | WER | CER |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name[:12]} | {m['samples']} | {100 * m['wer']:.2f} % | {100 * m['cer']:.2f} % |"
+            for name, m in groups.items()
+        ),
+    ]
+
+
+def _training_lines(metadata: dict) -> list[str]:
+    """Feature normalisation and the --recipe, when the model was trained with them."""
+    lines = []
+    if metadata.get("feature_norm"):
+        lines.append(
+            "- Feature normalisation: global mean/std of the training MFCCs, inside every "
+            "exported graph"
+        )
+    recipe = metadata.get("recipe")
+    if recipe:
+        parts = ", ".join(
+            f"{name.split('.')[-1]}={c['used']}" for name, c in recipe["components"].items()
+        )
+        lines.append(f"- Recipe: `{recipe['name']}` ({parts})")
+    return lines
 
 
 def model_card(
@@ -184,11 +232,18 @@ def model_card(
         "",
         f"- Fingerprint: `{data['fingerprint']}`",
         *(f"- {split}: {h:.2f} h" for split, h in hours.items()),
+        *_training_lines(metadata),
         "",
         "## Evaluation",
         "",
         f"- Test WER: {pct(metadata['test_wer'])}, CER: {pct(metadata['test_cer'])} "
         f"({metadata['test_decoder'] or 'no'} decoder)",
+        *_group_lines("speaker (client_id)", metadata.get("test_by_speaker") or {}),
+        *(
+            line
+            for column, groups in (metadata.get("test_by_demographic") or {}).items()
+            for line in _group_lines(column, groups)
+        ),
         "",
         "## Files",
         "",

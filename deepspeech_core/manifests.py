@@ -76,6 +76,9 @@ class EvaluationManifest(_Manifest):
     decoder: str = "greedy"
     per_file: dict[str, Metrics] = {}
     by_duration: dict[str, Metrics] = {}
+    # Common Voice client_id -> metrics; gender/age/accent -> value -> metrics (where filled)
+    by_speaker: dict[str, Metrics] = {}
+    by_demographic: dict[str, dict[str, Metrics]] = {}
     examples: dict[str, list[dict]] = {}
 
 

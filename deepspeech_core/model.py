@@ -1,6 +1,7 @@
 """The DeepSpeech 0.9.3 acoustic model in Keras 3.
 
-features [batch, time, 26] -> context windows (19 x 26 = 494) -> 3 x dense n_hidden
+features [batch, time, 26] -> context windows (19 x 26 = 494) -> [feature normalisation,
+with --feature_norm] -> 3 x dense n_hidden
 (ReLU clipped at 20, dropout) -> unidirectional LSTM n_hidden -> dense n_hidden (clipped
 ReLU, dropout) -> linear alphabet+1 logits (the last class is the CTC blank).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import zlib
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.config import FeatureConfig, ModelConfig
@@ -46,6 +48,92 @@ class ContextWindows(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "n_context": self.n_context}
+
+
+@keras.saving.register_keras_serializable(package="deepspeech_core")
+class FeatureNormalization(keras.layers.Layer):
+    """(x - mean) / std per MFCC coefficient, applied to context windows.
+
+    It sits after ContextWindows, so the zero frames that pad an utterance's ends are
+    normalised like any frame: every streaming graph (our TFLite, DeepSpeech's
+    output_graph.*) and every client (libdeepspeech pads with zero MFCCs) then sees
+    exactly what training saw. The statistics are non-trainable weights, so checkpoints
+    and exports carry them; they start as the identity (mean 0, std 1) until
+    `set_feature_statistics` gives them the training features' values.
+    """
+
+    def __init__(self, n_input: int, width: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.n_input, self.width = n_input, width
+
+    def build(self, input_shape) -> None:
+        self.mean = self.add_weight(
+            name="mean", shape=(self.n_input,), initializer="zeros", trainable=False
+        )
+        self.std = self.add_weight(
+            name="std", shape=(self.n_input,), initializer="ones", trainable=False
+        )
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        # x * scale + offset, not (x - mean) / std: the TensorFlow client has no Sub kernel,
+        # and the streaming graphs compute it the same way (`normalize_windows`).
+        scale = tf.tile(1.0 / self.std, [self.width])
+        offset = tf.tile(-self.mean / self.std, [self.width])
+        return inputs * tf.cast(scale, inputs.dtype) + tf.cast(offset, inputs.dtype)
+
+    def window_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) over a whole context window, as float32 arrays (eager)."""
+        mean = np.asarray(self.mean.numpy(), np.float32)
+        std = np.asarray(self.std.numpy(), np.float32)
+        return np.tile(1.0 / std, self.width), np.tile(-mean / std, self.width)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "n_input": self.n_input, "width": self.width}
+
+
+FEATURE_NORM = "feature_norm"  # the FeatureNormalization layer's name
+
+
+def feature_norm_layer(model: keras.Model) -> FeatureNormalization | None:
+    """The model's FeatureNormalization layer, or None (a model trained without one)."""
+    return next((layer for layer in model.layers if layer.name == FEATURE_NORM), None)
+
+
+def set_feature_statistics(model: keras.Model, mean: np.ndarray, std: np.ndarray) -> None:
+    """Give the model's normalisation layer the training features' statistics."""
+    layer = feature_norm_layer(model)
+    if layer is None:
+        raise ValueError("the model has no feature normalisation layer (--feature_norm is off)")
+    layer.mean.assign(np.asarray(mean, np.float32))
+    layer.std.assign(np.asarray(std, np.float32))
+
+
+def feature_statistics(model: keras.Model) -> dict[str, list[float]] | None:
+    """{'mean': [...], 'std': [...]} the model normalises its features with, or None."""
+    layer = feature_norm_layer(model)
+    if layer is None:
+        return None
+    return {
+        "mean": [float(v) for v in layer.mean.numpy()],
+        "std": [float(v) for v in layer.std.numpy()],
+    }
+
+
+def normalize_windows(model: keras.Model, windows: tf.Tensor) -> tf.Tensor:
+    """Flattened context windows [n, width*n_input] normalised as the model does.
+
+    The statistics are read eagerly (`tf.init_scope`) and enter the traced graph as
+    constants, so exported graphs hold one Mul and one Add (kernels every client has).
+    """
+    layer = feature_norm_layer(model)
+    if layer is None:
+        return windows
+    with tf.init_scope():
+        scale, offset = layer.window_affine()
+    return windows * tf.constant(scale) + tf.constant(offset)
 
 
 class _LSTMWeights(keras.layers.Layer):
@@ -240,6 +328,9 @@ def create_model(
     dt = dtype_policy
     inputs = keras.Input(shape=(None, features.n_input), name="features")
     x = ContextWindows(features.n_context, name="context_windows", dtype=dt)(inputs)
+    if model.feature_norm:
+        width = 2 * features.n_context + 1
+        x = FeatureNormalization(features.n_input, width, name=FEATURE_NORM, dtype=dt)(x)
     for n in (1, 2, 3):
         x = _dense_block(x, f"layer_{n}", model.n_hidden, model, model.dropout_for(n), dt, seed)
     x = _lstm(model.n_hidden, lstm_impl, dt, seed)(x)
@@ -306,7 +397,7 @@ def streaming_logits(model: keras.Model, windows: tf.Tensor, c: tf.Tensor, h: tf
     makes them; `lstm` replaces `stream_lstm` by another kernel of the same LSTM (the
     TensorFlow client's graph uses TensorFlow's fused BlockLSTM op).
     """
-    x = windows
+    x = normalize_windows(model, windows)
     for name in HIDDEN_BLOCKS:
         x = dense_block(model, name, x)
     x, c, h = (lstm or stream_lstm)(model, x, c, h)

@@ -24,6 +24,7 @@ from deepspeech_core import progress, stopping
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.augmentation import AugmentationPlan, parse_augmentations, split_specs
 from deepspeech_core.checkpoints import (
+    RECIPE_FILE,
     ModelSpec,
     check_compatible,
     read_spec,
@@ -32,7 +33,7 @@ from deepspeech_core.checkpoints import (
     transfer_weights,
     write_spec,
 )
-from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
+from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig, recipe_record
 from deepspeech_core.dataset import Batch, SplitIndex, batch_plan, batch_signature, make_dataset
 from deepspeech_core.devices import DeviceReport, preflight, warn_if_model_on_cpu
 from deepspeech_core.gpu_monitor import GpuMonitor, check_gpu_agreement, record_attempt
@@ -40,6 +41,8 @@ from deepspeech_core.io_utils import atomic_write_json, read_json_or_none
 from deepspeech_core.locking import training_lock
 from deepspeech_core.losses import ctc_loss_per_sample, make_eval_step
 from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
+from deepspeech_core.model import set_feature_statistics
+from deepspeech_core.normalization import training_statistics
 from deepspeech_core.training_state import CheckpointSaver, TrainState
 
 log = logging.getLogger(__name__)
@@ -299,7 +302,7 @@ def _train_locked(
             state.int("completed_epochs"),
             float(optimizer.learning_rate.numpy()),
         )
-    initialized_from = None
+    initialized_from, copied = None, []
     if not restored and cfg.load_checkpoint_dir is not None:
         initialized_from = Path(cfg.load_checkpoint_dir)
         copied = transfer_weights(model, spec, cfg.load_checkpoint_dir, cfg.drop_source_layers)
@@ -309,9 +312,16 @@ def _train_locked(
             ", ".join(copied),
             cfg.drop_source_layers,
         )
+    if model_cfg.feature_norm and not restored and "layer_1" not in copied:
+        mean, std = training_statistics(train_index)  # resume/warm start keep theirs
+        set_feature_statistics(model, mean, std)
+        log.info("feature normalisation: statistics of %d training clips", len(train_index))
     if not restored or cfg.force_initialize_learning_rate:
         optimizer.learning_rate.assign(cfg.learning_rate)
     write_spec(write_dir, spec)
+    recipe = recipe_record(cfg.recipe, model_cfg, cfg)
+    if recipe is not None:
+        atomic_write_json(write_dir / RECIPE_FILE, recipe)
     history = _load_history(checkpoint_dir / "history.json", state.int("completed_epochs"))
 
     loop = _Loop(

@@ -25,8 +25,19 @@ def _metrics_table(title: str, rows: dict[str, Metrics]) -> list[str]:
     return lines
 
 
+def _speaker_tables(manifest: EvaluationManifest) -> list[str]:
+    """WER/CER per speaker (client_id, shortened) and per gender, age and accent."""
+    lines: list[str] = []
+    if manifest.by_speaker:
+        speakers = {name[:12]: m for name, m in manifest.by_speaker.items()}
+        lines += [*_metrics_table("speaker (client_id)", speakers), ""]
+    for column, groups in manifest.by_demographic.items():
+        lines += [*_metrics_table(column, groups), ""]
+    return lines
+
+
 def evaluation_markdown(manifest: EvaluationManifest) -> str:
-    """The summary, one row per test file, and WER by clip duration."""
+    """The summary, one row per test file, WER by clip duration and by speaker."""
     files = {Path(k).name: v for k, v in manifest.per_file.items()}
     return "\n".join(
         [
@@ -38,6 +49,7 @@ def evaluation_markdown(manifest: EvaluationManifest) -> str:
             "",
             *_metrics_table("duration", manifest.by_duration),
             "",
+            *_speaker_tables(manifest),
             f"Per-sample results: `{manifest.test_output_path}`",
         ]
     )

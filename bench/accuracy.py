@@ -1,0 +1,152 @@
+"""Accuracy on voices the model never heard: `--recipe small_data` and its ablation.
+
+On a Common Voice layout (default: the shared FSDD re-cut with speaker-disjoint splits,
+train george/jackson/nicolas, dev and test theo) this validates and featurises the
+corpus (cached in --workdir, shared by every arm), trains one arm, and evaluates the
+best dev-loss checkpoint on the test split with DeepSpeech's beam search (width 1024)
+without a language model and with the word bigram `deepspeech-flow build-lm --order 2`
+builds from the training transcripts (DeepSpeech's default lm_alpha/lm_beta; with
+--lm_trials N also the pair `tune-lm` finds on the dev split).
+
+Arms: `recipe` (--recipe small_data), `baseline` (DeepSpeech's defaults), and the recipe
+without one component each: no_feature_norm, no_speed, no_masks, dropout_0.05,
+no_early_stop. Each arm trains in its own checkpoint directory, so arms can run in
+separate processes at once, and a rerun only evaluates. CPU seconds are printed beside
+wall seconds: on a shared machine the wall time says more about the neighbours.
+Prints one `name: value unit` line per figure. Usage:
+    python bench/accuracy.py --arm recipe [--corpus ../shared/data/fsdd-cv-speakers/en]
+        [--workdir /tmp/accuracy] [--n_hidden 256] [--epochs 40] [--seed 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ARMS = (
+    "recipe",
+    "baseline",
+    "no_feature_norm",
+    "no_speed",
+    "no_masks",
+    "dropout_0.05",
+    "no_early_stop",
+)
+
+
+def arm_config(arm: str, args: argparse.Namespace) -> dict:
+    """The PipelineConfig data of one arm: the recipe with one component changed."""
+    from deepspeech_core.config import RECIPES
+
+    recipe_augment = RECIPES["small_data"][("training", "augment")]
+    model: dict = {"n_hidden": args.n_hidden}
+    training: dict = {
+        "epochs": args.epochs,
+        "train_batch_size": args.batch_size,
+        "dev_batch_size": 64,
+        "seed": args.seed,
+        "recipe": "none" if arm == "baseline" else "small_data",
+        "checkpoint_dir": str(Path(args.workdir) / "checkpoints" / f"{arm}-{args.n_hidden}"),
+    }
+    if arm == "no_feature_norm":
+        model["feature_norm"] = False
+    elif arm == "no_speed":
+        training["augment"] = [a for a in recipe_augment if not a.startswith("speed")]
+    elif arm == "no_masks":
+        training["augment"] = [a for a in recipe_augment if a.startswith("speed")]
+    elif arm == "dropout_0.05":
+        model["dropout_rate"] = 0.05
+    elif arm == "no_early_stop":
+        training["early_stop"] = False
+        training["reduce_lr_on_plateau"] = False
+    return {
+        "workdir": args.workdir,
+        "corpus": {"corpus": str(args.corpus)},
+        "model": model,
+        "training": training,
+        "evaluation": {"test_batch_size": 64, "report_count": 0, "beam_width": 1024},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arm", choices=ARMS, default="recipe")
+    parser.add_argument("--corpus", type=Path, default=SHARED / "fsdd-cv-speakers" / "en")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/accuracy"))
+    parser.add_argument("--n_hidden", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--lm_trials", type=int, default=0, help="also tune-lm's search on dev, N trials"
+    )
+    args = parser.parse_args()
+    if not args.corpus.is_dir():
+        print(f"skipped: no corpus at {args.corpus}")
+        return
+
+    import pandas as pd
+
+    from deepspeech_core.config import PipelineConfig
+    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.evaluation import evaluate
+    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.language_model import write_arpa
+    from deepspeech_core.training import train
+
+    cfg = PipelineConfig.model_validate(arm_config(args.arm, args)).resolved()
+    name = f"{args.arm}_{args.corpus.parent.name}".replace(".", "").replace("-", "_")
+    corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
+    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    trained = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    wall = time.perf_counter() - started
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+    print(f"{name}_n_hidden: {args.n_hidden} units")
+    print(f"{name}_epochs_trained: {trained.epochs} epochs")
+    best = min(range(len(trained.dev_loss_history)), key=trained.dev_loss_history.__getitem__)
+    print(f"{name}_best_dev_loss: {trained.dev_loss_history[best]:.3f} loss (epoch {best})")
+    if trained.steps > trained.resumed_from_step:
+        print(f"{name}_train_wall_seconds: {wall:.0f} s (this process's part of the training)")
+        print(f"{name}_train_cpu_seconds: {cpu_seconds:.0f} s")
+        print(f"load_average_1min_at_end: {os.getloadavg()[0]:.1f} processes")
+
+    text = pd.read_csv(corpus.splits["train"], keep_default_na=False).transcript
+    bigram = write_arpa(text, cfg.workdir / "bigram.arpa", order=2)  # build-lm --order 2
+    for label, decoder in (("", {}), ("_bigram", {"scorer_path": bigram})):
+        result = evaluate(
+            features,
+            cfg.checkpoint_dir,
+            cfg.evaluation.model_copy(update=decoder),
+            cfg.workdir / "reports" / f"{args.arm}{label}",
+        )
+        print(f"{name}_test_wer{label}: {result.wer:.4f} ratio")
+        print(f"{name}_test_cer{label}: {result.cer:.4f} ratio")
+    if args.lm_trials:
+        from deepspeech_core.lm_tuning import tune
+
+        lm = cfg.evaluation.model_copy(update={"scorer_path": bigram})
+        tuned = tune(features, cfg.checkpoint_dir, lm, n_trials=args.lm_trials, seed=args.seed)
+        print(f"{name}_tuned_lm_alpha: {tuned.lm_alpha:.3f} weight (dev, {args.lm_trials} trials)")
+        print(f"{name}_tuned_lm_beta: {tuned.lm_beta:.3f} weight")
+        weights = {"lm_alpha": tuned.lm_alpha, "lm_beta": tuned.lm_beta}
+        result = evaluate(
+            features,
+            cfg.checkpoint_dir,
+            lm.model_copy(update=weights),
+            cfg.workdir / "reports" / f"{args.arm}_bigram_tuned",
+        )
+        print(f"{name}_test_wer_bigram_tuned: {result.wer:.4f} ratio")
+        print(f"{name}_test_cer_bigram_tuned: {result.cer:.4f} ratio")
+
+
+if __name__ == "__main__":
+    main()
