@@ -272,7 +272,8 @@ def _transfer_statistics(source: keras.Model, target: keras.Model, source_dir: P
     the weights would then see features they were never trained on.
     """
     stats = feature_statistics(source)
-    if feature_norm_layer(target) is None:
+    target_norm = feature_norm_layer(target)
+    if target_norm is None:
         if stats is not None:
             raise CheckpointError(
                 f"--load_checkpoint_dir {source_dir} normalises its features (feature_norm): "
@@ -280,6 +281,6 @@ def _transfer_statistics(source: keras.Model, target: keras.Model, source_dir: P
             )
         return
     if stats is None:
-        n_input = feature_norm_layer(target).n_input
+        n_input = target_norm.n_input
         stats = {"mean": [0.0] * n_input, "std": [1.0] * n_input}
     set_feature_statistics(target, np.array(stats["mean"]), np.array(stats["std"]))
