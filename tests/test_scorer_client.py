@@ -4,8 +4,8 @@ the client says what `evaluate`/`transcribe --scorer_path` say.
 The client is libdeepspeech.so of the `deepspeech-tflite` 0.9.3 wheel (fetched and
 cached by `make deepspeech-clients`) running the export's own output_graph.tflite,
 written by the export stage's writer (`export_deepspeech`) from a model that learned:
-three epochs of n_hidden 128, batch 1, on the shared FSDD recordings (spoken digits;
-one epoch leaves a model that writes nothing). Slow: a few minutes of training.
+four epochs of n_hidden 128, batch 8, learning rate 0.003, on the shared FSDD recordings
+(spoken digits; ~2 min: client WER 0.80 without the scorer, 0.125 with it on 40 clips).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ CLIENT_CLIPS = 40  # the client decodes clip by clip: a subset of the 300 test c
 
 @pytest.fixture(scope="module")
 def fsdd_model(tmp_path_factory):
-    """(config, corpus, features) of a model trained three epochs on the FSDD corpus."""
+    """(config, corpus, features) of a model trained four epochs on the FSDD corpus."""
     if not SHARED_FSDD.is_dir():
         pytest.skip(f"the shared FSDD corpus is not at {SHARED_FSDD}")
     from deepspeech_core.corpus import validate_corpus
@@ -50,8 +50,9 @@ def fsdd_model(tmp_path_factory):
         tmp_path_factory.mktemp("fsdd"),
         SHARED_FSDD,
         n_hidden=128,
-        epochs=3,
-        train_batch_size=1,
+        epochs=4,
+        train_batch_size=8,
+        learning_rate=0.003,
         checkpoint_steps=10_000,
     )
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
