@@ -237,7 +237,25 @@ def _weights(alpha, beta, defaults) -> tuple[float, float]:
     return (default_alpha if alpha is None else alpha, default_beta if beta is None else beta)
 
 
-class LMBeamSearchDecoder:
+class _WordModelSettings:
+    """What rebuilds a language-model decoder in a worker process (DecoderPool)."""
+
+    beam_width: int
+    scorer_path: Path
+    alpha: float
+    beta: float
+
+    @property
+    def config(self) -> DecoderConfig:
+        return DecoderConfig(
+            beam_width=self.beam_width,
+            scorer_path=self.scorer_path,
+            lm_alpha=self.alpha,
+            lm_beta=self.beta,
+        )
+
+
+class LMBeamSearchDecoder(_WordModelSettings):
     """Lexicon-constrained CTC beam search with a KenLM word model (flashlight-text).
 
     As DeepSpeech's decoder with a scorer: every word is spelled as a path of the
@@ -318,15 +336,6 @@ class LMBeamSearchDecoder:
             False,
         )
 
-    @property
-    def config(self) -> DecoderConfig:
-        return DecoderConfig(
-            beam_width=self.beam_width,
-            scorer_path=self.scorer_path,
-            lm_alpha=self.alpha,
-            lm_beta=self.beta,
-        )
-
     def set_weights(self, alpha: float, beta: float) -> None:
         """New lm_alpha/lm_beta; the model and vocabulary stay loaded (tune-lm's trials)."""
         self.alpha, self.beta = alpha, beta
@@ -369,7 +378,7 @@ class TensorFlowBeamSearchDecoder:
         return self.alphabet.decode(int(v) for v in decoded[0].values.numpy())
 
 
-class PyctcdecodeLMDecoder:
+class PyctcdecodeLMDecoder(_WordModelSettings):
     """pyctcdecode's free-form beam search over a KenLM model: for a bare KenLM binary,
     whose vocabulary is unknown (partial words are not checked against a word list).
 
@@ -409,15 +418,6 @@ class PyctcdecodeLMDecoder:
         self.beam_width, self.alphabet, self.scorer_path = beam_width, alphabet, scorer_path
         self._decoder = BeamSearchDecoderCTC(
             labels, LanguageModel(language_model, unigrams, alpha=self.alpha, beta=self.beta)
-        )
-
-    @property
-    def config(self) -> DecoderConfig:
-        return DecoderConfig(
-            beam_width=self.beam_width,
-            scorer_path=self.scorer_path,
-            lm_alpha=self.alpha,
-            lm_beta=self.beta,
         )
 
     def set_weights(self, alpha: float, beta: float) -> None:
