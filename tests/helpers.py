@@ -30,11 +30,22 @@ def newest_checkpoint_step(workdir: Path) -> int:
     import re
 
     steps = [-1]
-    for state in (Path(workdir) / "checkpoints").rglob("train/checkpoint"):
+    for state in _checkpoint_states(Path(workdir) / "checkpoints"):
         with contextlib.suppress(OSError):  # being replaced right now
             found = re.search(r'model_checkpoint_path: "ckpt-(\d+)"', state.read_text())
             steps += [int(found.group(1))] if found else []
     return max(steps)
+
+
+def _checkpoint_states(root: Path) -> list[Path]:
+    """Every train/checkpoint under `root`, walked while a training writes there: its
+    temporary folders (ckpt-N_temp) vanish mid-walk, which a walk must shrug off."""
+    found = []
+    for folder, subfolders, files in os.walk(root, onerror=lambda _: None):
+        if Path(folder).name == "train" and "checkpoint" in files:
+            found.append(Path(folder) / "checkpoint")
+        subfolders[:] = [d for d in subfolders if not d.endswith("_temp")]
+    return found
 
 
 def tiny_config(workdir: Path, corpus: Path, n_hidden: int = 32, **training):
