@@ -22,6 +22,7 @@ words.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import multiprocessing
@@ -104,15 +105,19 @@ class GreedyDecoder:
         return self.alphabet.decode(int(c) for c in best[keep] if c != self.alphabet.blank_index)
 
 
-def _flashlight():
+def _beam_search_library(module: str, package: str):
+    """A declared decoder dependency, or an error that says how to get it or avoid it."""
     try:
-        from flashlight.lib.text import decoder
+        return importlib.import_module(module)
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise DecoderError(
-            "the beam search needs flashlight-text: pip install flashlight-text "
+            f"the beam search needs {package}: pip install {package} "
             "(make setup installs it), or use --beam_width 1 (greedy)"
         ) from e
-    return decoder
+
+
+def _flashlight():
+    return _beam_search_library("flashlight.lib.text.decoder", "flashlight-text")
 
 
 def _space_index(alphabet: Alphabet) -> int | None:
@@ -164,13 +169,7 @@ class BeamSearchDecoder:
     name = "beam"
 
     def __init__(self, alphabet: Alphabet, beam_width: int) -> None:
-        try:
-            import fast_ctc_decode
-        except ImportError as e:  # pragma: no cover - a declared dependency
-            raise DecoderError(
-                "the beam search needs fast-ctc-decode: pip install fast-ctc-decode "
-                "(make setup installs it), or use --beam_width 1 (greedy)"
-            ) from e
+        fast_ctc_decode = _beam_search_library("fast_ctc_decode", "fast-ctc-decode")
         self._search = fast_ctc_decode.beam_search
         self.alphabet, self.beam_width = alphabet, beam_width
         self._labels = ["\0", *alphabet.characters]  # its blank comes first
