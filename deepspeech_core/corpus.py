@@ -32,7 +32,7 @@ from deepspeech_core.audio_import import (
     run_jobs,
 )
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.frames import ctc_required_frames, feature_frames
+from deepspeech_core.frames import FRAMES_VERSION, ctc_required_frames, feature_frames
 from deepspeech_core.io_utils import (
     atomic_path,
     atomic_write_json,
@@ -476,6 +476,7 @@ def _input_key(cfg: CorpusConfig, features: FeatureConfig) -> str:
     settings = cfg.model_dump_json(exclude={"alphabet_config_path", "import_workers"})
     parts = [_LAYOUT_VERSION, settings, str(features.audio_sample_rate)]
     parts.append(str(features.window_samples) + "/" + str(features.step_samples))
+    parts.append(FRAMES_VERSION)  # "too short" depends on the frame formula
     if cfg.filter_alphabet is not None and Path(cfg.filter_alphabet).is_file():
         parts.append(f"filter|{file_sha256(cfg.filter_alphabet)}")
     sources: list[Path] = []

@@ -15,10 +15,11 @@ native_client/{tflitemodelstate,tfmodelstate}.cc read it):
              metadata_beam_width, metadata_alphabet (`Alphabet::Serialize`)
 
 The network is `model.streaming_logits` (the Keras model's own layers and weights) and
-the features `features.audio_to_mfccs`, as in every graph we write. The TensorFlow
-build's libdeepspeech has only the kernels its graph needed, so its LSTM is TensorFlow's
-fused BlockLSTM over the same weights. What the TFLite converter writes needs three
-edits before the 0.9.3 runtime can use it (`_deepspeech_flatbuffer`).
+the features `features.window_mfccs` (one window, which the client pads itself), the op
+sequence of every graph we write. The TensorFlow build's libdeepspeech has only the
+kernels its graph needed, so its LSTM is TensorFlow's fused BlockLSTM over the same
+weights. What the TFLite converter writes needs three edits before the 0.9.3 runtime can
+use it (`_deepspeech_flatbuffer`).
 
 `check_deepspeech_file` reads an exported file back and refuses it (before any client
 sees it) unless its metadata is what the model needs.
@@ -40,7 +41,7 @@ from pydantic import BaseModel
 
 from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.checkpoints import ModelSpec
-from deepspeech_core.features import audio_to_mfccs
+from deepspeech_core.features import window_mfccs
 from deepspeech_core.io_utils import atomic_write_bytes
 from deepspeech_core.manifests import DeepSpeechModelFile
 from deepspeech_core.model import lstm_weights
@@ -194,7 +195,7 @@ class DeepSpeechGraph(StreamingGraph):
 
     def mfccs(self, input_samples: tf.Tensor) -> tf.Tensor:
         """One window of samples -> its MFCCs [1, n_input], with the feature cache's function."""
-        return tf.reshape(audio_to_mfccs(input_samples, self.features), [1, self.n_input])
+        return tf.reshape(window_mfccs(input_samples, self.features), [1, self.n_input])
 
     def tflite_outputs(self, input_node, previous_state_c, previous_state_h, input_samples):
         logits, c, h = self.logits(input_node, previous_state_c, previous_state_h)

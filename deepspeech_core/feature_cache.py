@@ -39,6 +39,7 @@ from deepspeech_core.audio_import import remove_stale_temporaries
 from deepspeech_core.augmentation import augment_audio, parse_augmentations
 from deepspeech_core.config import FeatureConfig
 from deepspeech_core.features import MfccExtractor
+from deepspeech_core.frames import FRAMES_VERSION
 from deepspeech_core.io_utils import (
     atomic_path,
     atomic_write_json,
@@ -49,7 +50,9 @@ from deepspeech_core.manifests import CorpusManifest, FeatureCacheManifest
 
 log = logging.getLogger(__name__)
 
-FEATURE_VERSION = "deepspeech-0.9.3-mfcc-2"
+# In every namespace's name: features made with another frame formula (before the
+# client's final frame, frames.FRAMES_VERSION) live in another namespace, never mixed in.
+FEATURE_VERSION = f"deepspeech-0.9.3-mfcc-2+{FRAMES_VERSION}"
 INDEX_COLUMNS = [
     "wav_filename",
     "content_hash",

@@ -2,9 +2,10 @@
 
 `audio_to_mfccs` is the exact op sequence of DeepSpeech's `samples_to_mfccs`
 (AudioSpectrogram with a 32 ms window and 20 ms stride, magnitude squared, then Mfcc
-with 26 coefficients and the upper frequency at half the sample rate). The feature
-cache and the SavedModel's raw-audio signature both call it, so training and inference
-cannot drift apart.
+with 26 coefficients and the upper frequency at half the sample rate), on the audio
+zero-padded to one more frame: the last one DeepSpeech's client computes (see
+`frames.feature_frames`). The feature cache, `transcribe` and the SavedModel's raw-audio
+signature all call it, so training, inference and the client cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,11 +14,30 @@ import numpy as np
 import tensorflow as tf
 
 from deepspeech_core.config import FeatureConfig
-from deepspeech_core.frames import feature_frames
+from deepspeech_core.frames import feature_frames, padded_samples
 
 
 def audio_to_mfccs(samples: tf.Tensor, features: FeatureConfig) -> tf.Tensor:
-    """Float samples in [-1, 1], shape [n] -> MFCCs [frames, n_input] (float32)."""
+    """Float samples in [-1, 1], shape [n] -> MFCCs [feature_frames(n), n_input] (float32).
+
+    The audio is zero-padded to `frames.padded_samples`, so the last frame holds what is
+    left after the last full window: the frame DeepSpeech's client computes at the end
+    of every stream (see `frames.feature_frames`).
+    """
+    samples = tf.reshape(tf.cast(samples, tf.float32), [-1])
+    n = tf.size(samples)
+    window, step = features.window_samples, features.step_samples
+    full = tf.where(n >= window, 1 + (n - window) // step, 0)
+    padded = tf.where(n > 0, full * step + window, 0)  # frames.padded_samples, in the graph
+    return window_mfccs(tf.pad(samples, [[0, padded - n]]), features)
+
+
+def window_mfccs(samples: tf.Tensor, features: FeatureConfig) -> tf.Tensor:
+    """MFCCs of every full window of the samples, nothing padded: [frames, n_input].
+
+    The op sequence itself; the DeepSpeech graphs' `mfccs` output applies it to the one
+    window the client feeds, which the client has already padded.
+    """
     samples = tf.reshape(tf.cast(samples, tf.float32), [-1, 1])
     spectrogram = tf.raw_ops.AudioSpectrogram(
         input=samples,
@@ -54,18 +74,20 @@ class MfccExtractor:
     def batch(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """MFCCs of many clips from one op call, identical to calling one clip at a time.
 
-        Each clip starts at a multiple of the window step in one long signal, so every
-        frame of a clip sees exactly its own samples; frames that would straddle two
-        clips are computed and dropped. Per-call overhead, not arithmetic, dominates for
+        Each clip starts at a multiple of the window step in one long signal, after
+        the zeros that pad the previous clip to its last frame, so every frame of a clip
+        sees exactly its own samples and zeros; frames that would straddle two clips are
+        computed and dropped. Per-call overhead, not arithmetic, dominates for
         short clips, so this is several times faster than a call per clip.
         """
-        step, window = self.features.step_samples, self.features.window_samples
+        step = self.features.step_samples
         starts, frames, total = [], [], 0
         for clip in clips:
             starts.append(total // step)
             frames.append(feature_frames(len(clip), self.features))
-            total += -(-max(len(clip), window) // step) * step  # round up to a whole step
-        signal = np.zeros(total + window, np.int16)
+            # room for the clip's zero-padded last frame, rounded up to a whole step
+            total += -(-max(padded_samples(len(clip), self.features), 1) // step) * step
+        signal = np.zeros(total, np.int16)
         for clip, start in zip(clips, starts, strict=True):
             signal[start * step : start * step + len(clip)] = clip
         mfccs = self(signal)

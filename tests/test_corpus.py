@@ -27,9 +27,11 @@ def test_ctc_frame_rules():
     assert ctc_required_frames("abc") == 3
     assert ctc_required_frames("aab") == 4  # a blank must separate the repeated a's
     assert ctc_required_frames("hello") == 6
-    assert feature_frames(511, FEATURES) == 0
-    assert feature_frames(512, FEATURES) == 1
-    assert feature_frames(16000, FEATURES) == 1 + (16000 - 512) // 320
+    # every full window, plus the client's final frame of what is left (frames.py)
+    assert feature_frames(0, FEATURES) == 0
+    assert feature_frames(511, FEATURES) == 1
+    assert feature_frames(512, FEATURES) == 2
+    assert feature_frames(16000, FEATURES) == 2 + (16000 - 512) // 320
 
 
 def test_imports_common_voice(tiny_cv, tmp_path):

@@ -181,15 +181,15 @@ def test_deepspeech_client_runs_the_normalisation(twin_export, name):
 
 
 def _client_frames(pcm16: np.ndarray, mfccs, build: str) -> np.ndarray:
-    """libdeepspeech's MFCC frames of a whole clip: one more than ours, from the audio
-    after the last full window (zero-padded by the TensorFlow build, padded with the
-    previous window's samples by the TFLite build); see test_deepspeech_client."""
+    """libdeepspeech's MFCC frames of a whole clip. Its last frame, from the audio after
+    the last full window, is zero-padded by the TensorFlow build (as ours is, frames.py)
+    and padded with the previous window's samples by the TFLite build."""
+    ours = mfccs(pcm16)
+    if build == "tensorflow":
+        return ours
     window, step = 512, 320
     full = 1 + (len(pcm16) - window) // step
     rest = pcm16[full * step :]
-    if build == "tensorflow":
-        tail = np.zeros(window - len(rest), np.int16)
-    else:
-        previous = (full - 1) * step
-        tail = pcm16[previous + len(rest) : previous + window]
-    return np.concatenate([mfccs(pcm16), mfccs(np.concatenate([rest, tail]))])
+    previous = (full - 1) * step
+    tail = pcm16[previous + len(rest) : previous + window]
+    return np.concatenate([ours[:-1], mfccs(np.concatenate([rest, tail]))[:1]])

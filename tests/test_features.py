@@ -47,15 +47,17 @@ def test_mfccs_equal_deepspeech_raw_ops(trained):
     samples, _ = read_wav_int16(wav)
     ours = MfccExtractor(cfg.features)(samples)
     reference = _deepspeech_samples_to_mfccs(wav, cfg.features)
-    assert ours.shape == reference.shape == (feature_frames(len(samples), cfg.features), 26)
-    np.testing.assert_allclose(ours, reference, atol=1e-5)
+    # DeepSpeech's training features, then the one more frame its client computes
+    assert ours.shape == (feature_frames(len(samples), cfg.features), 26)
+    assert len(reference) == len(ours) - 1
+    np.testing.assert_allclose(ours[:-1], reference, atol=1e-5)
 
 
 def test_8khz_features():
     features = FeatureConfig(audio_sample_rate=8000)
     assert (features.window_samples, features.step_samples) == (256, 160)
     tone = (np.sin(np.arange(8000) / 5) * 8000).astype(np.int16)
-    assert MfccExtractor(features)(tone).shape == (1 + (8000 - 256) // 160, 26)
+    assert MfccExtractor(features)(tone).shape == (2 + (8000 - 256) // 160, 26)
 
 
 def test_context_windows_match_deepspeech():
