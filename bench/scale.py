@@ -499,6 +499,27 @@ def one_size(size: int, tmp: Path, args: argparse.Namespace) -> dict:
     return figures
 
 
+def _marginal(stage: str, sizes: list[int], figures: list[dict]) -> None:
+    """CPU per added clip between consecutive sizes, and the fixed cost a line fit finds.
+
+    A stage's cost is a fixed part (interpreter pools, TensorFlow in each feature worker,
+    tracing) plus a part per clip; linear means the second is the same at every size,
+    which the ratio of whole-stage cost to clips hides at small sizes.
+    """
+    clips = np.array([f["n"] for f in figures], float)
+    cpu = np.array([f["cpu"] for f in figures], float)
+    steps = np.diff(cpu) / np.diff(clips)
+    spread = steps.max() / steps.min() - 1 if len(steps) > 1 and steps.min() > 0 else 0.0
+    slope, fixed = np.polyfit(clips, cpu, 1)
+    pairs = zip(sizes[:-1], sizes[1:], steps, strict=True)
+    print(
+        f"scale_{stage}_marginal_cpu_ms_per_clip: "
+        + ", ".join(f"{a}->{b} {1000 * m:.2f}" for a, b, m in pairs)
+        + f" ms (spread {100 * spread:.0f} %); line fit {1000 * slope:.2f} ms/clip"
+        f" + {fixed:.1f} s fixed"
+    )
+
+
 def summary(results: dict[int, dict]) -> None:
     sizes = sorted(results)
     if len(sizes) < 2:
@@ -514,6 +535,7 @@ def summary(results: dict[int, dict]) -> None:
                 + ", ".join(f"{1000 * c:.2f}" for c in per_clip)
                 + " ms/clip)"
             )
+        _marginal(stage, sizes, [results[s][stage] for s in sizes])
         growth = results[hi][stage]["rss"] / results[lo][stage]["rss"] - 1
         print(f"scale_{stage}_peak_rss_growth_{lo}_to_{hi}: {100 * growth:.0f} %")
         tree = results[hi][stage]["tree_peak_rss_mb"] / results[lo][stage]["tree_peak_rss_mb"] - 1
@@ -537,6 +559,9 @@ def main() -> None:
         "--with_saved",
         action="store_true",
         help="summarise with the sizes earlier runs saved in CORPORA/results",
+    )
+    parser.add_argument(
+        "--summary_only", action="store_true", help="only the summary of the saved sizes"
     )
     parser.add_argument("--generate_only", action="store_true", help="fill the cache and stop")
     parser.add_argument(
@@ -569,6 +594,9 @@ def main() -> None:
         for size in sizes:
             corpora(size, args)
         return
+    if args.summary_only:
+        summary(_saved(args.corpora))
+        return
     results = {}
     args.corpora.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.tmp or args.corpora) as tmp:
@@ -583,9 +611,16 @@ def main() -> None:
             for d in (Path(tmp) / f"cv{size}", Path(tmp) / f"work{size}"):
                 subprocess.run(["rm", "-rf", str(d)], check=False)
     if args.with_saved:  # sizes run by earlier invocations (one size per run on a busy day)
-        for saved in sorted((args.corpora / "results").glob("*.json")):
-            results.setdefault(int(saved.stem), json.loads(saved.read_text()))
+        results = _saved(args.corpora) | results
     summary(results)
+
+
+def _saved(corpora: Path) -> dict[int, dict]:
+    """Per-size results earlier runs saved in CORPORA/results."""
+    return {
+        int(saved.stem): json.loads(saved.read_text())
+        for saved in sorted((corpora / "results").glob("*.json"))
+    }
 
 
 if __name__ == "__main__":
