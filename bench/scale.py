@@ -352,7 +352,8 @@ def _print_profile(path: Path, top: int = 25) -> None:
     import pstats
 
     print(f"# cProfile of that run ({path}), top {top} by cumulative time:")
-    pstats.Stats(str(path), stream=sys.stdout).sort_stats("cumulative").print_stats(top)
+    stats = pstats.Stats(str(path), stream=sys.stdout).sort_stats("cumulative")
+    stats.print_stats(r"deepspeech_core|concurrent/futures/process|pandas/io|numpy/lib", top)
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -425,7 +426,8 @@ def one_size(size: int, tmp: Path, args: argparse.Namespace) -> dict:
     base, new = corpora(size, args)
     linked_copy(base, corpus)
     figures: dict[str, dict] = {}
-    for stage in STAGES:  # each stage in its own process; earlier stages come back reused
+    stages = [stage for stage in STAGES if stage in args.stages.split(",")]
+    for stage in stages:  # each stage in its own process; earlier stages come back reused
         r = child(
             stage if stage == "validate" else f"validate,features,{stage}", work, corpus, args
         )
@@ -446,15 +448,16 @@ def one_size(size: int, tmp: Path, args: argparse.Namespace) -> dict:
             print(f"scale_{size}_test_wer: {r['wer']:.4f} ratio (one epoch; speed, not accuracy)")
     print(f"scale_{size}_audio: {audio_all:.0f} s ({audio_all / 3600:.2f} h, {clips_all} clips)")
 
-    rerun = child("validate,features,train", work, corpus, args)
-    stages_s = rerun["validate"] + rerun["features"] + rerun["train"]
-    stages_cpu = rerun["validate_cpu"] + rerun["features_cpu"] + rerun["train_cpu"]
-    print(f"scale_{size}_unchanged_rerun_seconds: {stages_s:.1f} s (validate+features+train)")
+    again = [stage for stage in ("validate", "features", "train") if stage in stages]
+    rerun = child(",".join(again), work, corpus, args)
+    stages_s = sum(rerun[stage] for stage in again)
+    stages_cpu = sum(rerun[f"{stage}_cpu"] for stage in again)
+    print(f"scale_{size}_unchanged_rerun_seconds: {stages_s:.1f} s ({' + '.join(again)})")
     print(f"scale_{size}_unchanged_rerun_cpu_seconds: {stages_cpu:.1f} s")
     print(f"scale_{size}_unchanged_rerun_process_seconds: {rerun['total']:.1f} s (+ imports)")
     print(
-        f"scale_{size}_unchanged_rerun_stages: validate {rerun['validate']:.2f} s, "
-        f"features {rerun['features']:.2f} s, train {rerun['train']:.2f} s"
+        f"scale_{size}_unchanged_rerun_stages: "
+        + ", ".join(f"{stage} {rerun[stage]:.2f} s" for stage in again)
     )
     extra = max(1, size // 100)
     add_clips(corpus, new)
@@ -525,7 +528,7 @@ def summary(results: dict[int, dict]) -> None:
     if len(sizes) < 2:
         return
     lo, hi = sizes[0], sizes[-1]
-    for stage in STAGES:
+    for stage in (stage for stage in STAGES if all(stage in results[s] for s in sizes)):
         for clock in ("seconds", "cpu"):
             per_clip = [results[s][stage][clock] / results[s][stage]["n"] for s in sizes]
             spread = max(per_clip) / min(per_clip) - 1
@@ -563,6 +566,11 @@ def main() -> None:
     parser.add_argument(
         "--summary_only", action="store_true", help="only the summary of the saved sizes"
     )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help="validate,features for the import figures alone (unchanged rerun and 1 %% new)",
+    )
     parser.add_argument("--generate_only", action="store_true", help="fill the cache and stop")
     parser.add_argument(
         "--tmp", type=Path, default=None, help="folder for the runs (default: in --corpora)"
@@ -580,6 +588,9 @@ def main() -> None:
         args.stage = args._stage
         if args._profile:
             import cProfile
+
+            import deepspeech_core.corpus
+            import deepspeech_core.feature_cache  # noqa: F401  TensorFlow: not in the profile
 
             cProfile.runctx("run_stages(args)", globals(), {"args": args}, args._profile)
         else:
@@ -603,7 +614,8 @@ def main() -> None:
         for size in sizes:
             print(f"# {size} clips, load average {os.getloadavg()[0]:.1f}", flush=True)
             results[size] = one_size(size, Path(tmp), args)
-            saved = args.corpora / "results" / f"{size}.json"
+            tag = "" if args.stages == ",".join(STAGES) else "-" + args.stages.replace(",", "-")
+            saved = args.corpora / "results" / f"{size}{tag}.json"
             saved.parent.mkdir(exist_ok=True)
             saved.write_text(json.dumps(results[size], default=str))
             print(f"# done, load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -620,6 +632,7 @@ def _saved(corpora: Path) -> dict[int, dict]:
     return {
         int(saved.stem): json.loads(saved.read_text())
         for saved in sorted((corpora / "results").glob("*.json"))
+        if saved.stem.isdigit()  # all stages (not a --stages validate,features run)
     }
 
 
