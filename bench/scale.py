@@ -1,16 +1,20 @@
 """The pipeline at corpus scale: validate, features, one epoch, evaluation per corpus size.
 
-For each size a Common Voice release is generated in a temporary folder from the shared
-FSDD recordings (1-3 random digits per clip, each a random recording of that digit at a
-random gain, random silences between, 48 kHz 64 kbit/s mp3 like Common Voice's; no two clips are
-the same), then every stage runs in a child process of its own, as a user's run would
-call it, so that each stage's peak RSS is its own (VmHWM from /proc/<pid>/status; the
-process tree's summed RSS is sampled beside it, for the worker pools). After the full
-run: the unchanged rerun (validate + features + train, everything reused) and 1% new
-clips (validate + features: only the new ones are read and featurised).
+For each size a Common Voice release is generated from the shared FSDD recordings (1-3
+random digits per clip, each a random recording of that digit at a random gain, random
+silences between, 48 kHz 64 kbit/s mp3 like Common Voice's; no two clips are the same)
+into a cache kept between runs (--corpora), then every stage runs in a child process of
+its own, as a user's run would call it, so that each stage's peak RSS is its own (VmHWM
+from /proc/<pid>/status; the process tree's summed RSS is sampled beside it, for the
+worker pools) and its CPU seconds are those of its process tree (robust to a busy
+machine, unlike wall seconds). After the full run: the unchanged rerun (validate +
+features + train, everything reused) and 1% new clips (validate + features: only the
+new ones are read and featurised), optionally profiled (--profile).
 
 Prints one `name: value unit` line per figure. Usage:
     python bench/scale.py [--sizes 2000,6000,20000] [--beam_width 1] [--workers 0]
+    python bench/scale.py --sizes 20000 --profile DIR      # one size per run, then:
+    python bench/scale.py --summary_only                    # cross-size figures
 """
 
 from __future__ import annotations
