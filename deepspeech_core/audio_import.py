@@ -211,10 +211,18 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
+# Fewer jobs than this convert in the calling process. A pool costs about a second of
+# CPU and wall time to start (forkserver, each worker importing numpy/soundfile/soxr),
+# which is what a clip costs to convert 200-300 times over: the new clips of a grown
+# corpus (1 % of 2,000) took 3x longer on a pool than they take in-process
+# (bench/scale.py, docs/PERFORMANCE.md).
+MIN_POOL_JOBS = 256
+
+
 def run_jobs(jobs: list[ImportJob], workers: int = 0) -> Iterator[ImportResult]:
     """Results in job order, from a process pool when there is enough work for one."""
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) < 16:
+    if workers == 1 or len(jobs) < MIN_POOL_JOBS:
         yield from map(run_job, jobs)
         return
     chunksize = max(1, min(64, len(jobs) // (workers * 8)))

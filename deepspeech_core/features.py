@@ -62,10 +62,14 @@ class MfccExtractor:
     def __init__(self, features: FeatureConfig) -> None:
         self.features = features
         # int16 in, scaled in the graph to tf.audio.decode_wav's float32 values (division
-        # by a power of two is exact), without a numpy pass per call.
+        # by a power of two is exact), without a numpy pass per call. No AutoGraph: the
+        # op sequence has no Python control flow, and converting it cost each process
+        # (each feature worker, each grown-corpus run) ~0.15 CPU-s and ~0.4 s before the
+        # first clip (bench/scale.py's profile of 1 % new clips).
         self._fn = tf.function(
             lambda x: audio_to_mfccs(tf.cast(x, tf.float32) / 32768.0, features),
             input_signature=[tf.TensorSpec([None], tf.int16)],
+            autograph=False,
         )
 
     def __call__(self, pcm16: np.ndarray) -> np.ndarray:

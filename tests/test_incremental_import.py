@@ -63,3 +63,29 @@ def test_grown_corpus_reads_only_new_clips(tiny_cv, tmp_path, monkeypatch):
     healed = validate_corpus(cfg, FEATURES, work)
     assert len(read) == 1 and healed.imported == 1
     assert pd.read_csv(healed.splits["train"]).content_hash[0] == train.content_hash[0]
+
+
+def _jobs(tiny_cv: Path, clips_dir: Path, count: int) -> list[audio_import.ImportJob]:
+    sources = sorted((tiny_cv / "clips").iterdir())[:count]
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    return [audio_import.plan_job(s, clips_dir, FEATURES.audio_sample_rate) for s in sources]
+
+
+def test_a_few_new_clips_convert_without_starting_a_pool(tiny_cv, tmp_path, monkeypatch):
+    """A grown corpus's handful of new clips: a pool's start-up would cost more than them."""
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started for a few clips")
+
+    monkeypatch.setattr(audio_import, "ProcessPoolExecutor", no_pool)
+    jobs = _jobs(tiny_cv, tmp_path, 20)
+    results = list(audio_import.run_jobs(jobs, workers=2))
+    assert len(results) == 20 and all(r.converted and not r.reason for r in results)
+
+
+def test_many_clips_convert_on_the_pool_as_in_process(tiny_cv, tmp_path, monkeypatch):
+    monkeypatch.setattr(audio_import, "MIN_POOL_JOBS", 4)
+    pooled = list(audio_import.run_jobs(_jobs(tiny_cv, tmp_path / "pool", 6), workers=2))
+    serial = list(audio_import.run_jobs(_jobs(tiny_cv, tmp_path / "serial", 6), workers=1))
+    assert [r.pcm_sha256 for r in pooled] == [r.pcm_sha256 for r in serial]
+    assert all(r.converted and r.n_samples > 0 for r in pooled)
