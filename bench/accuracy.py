@@ -37,7 +37,20 @@ ARMS = (
     "no_masks",
     "dropout_0.05",
     "no_early_stop",
+    "pitch_tempo",
+    "speed_pitch_tempo",
+    "speed_volume",
 )
+# Candidate improvements (issue 13's point 2): what the earlier WER 0.44 run had that the
+# recipe lacks. pitch and tempo draw a continuous factor per clip, each on its own, where
+# speed draws one of 0.9/1.0/1.1 for both; volume adds a peak-normalised copy of the
+# training audio (a sample-domain augmentation, its own feature cache namespace).
+PITCH_TEMPO = ["pitch[p=0.5,pitch=1~0.15]", "tempo[p=0.5,factor=1~0.15]"]
+
+
+def run_name(arm: str, args: argparse.Namespace) -> str:
+    """One checkpoint directory per arm, width, epoch limit and seed (a rerun only evaluates)."""
+    return f"{arm}-{args.n_hidden}-e{args.epochs}-seed{args.seed}"
 
 
 def arm_config(arm: str, args: argparse.Namespace) -> dict:
@@ -52,7 +65,7 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
         "dev_batch_size": 64,
         "seed": args.seed,
         "recipe": "none" if arm == "baseline" else "small_data",
-        "checkpoint_dir": str(Path(args.workdir) / "checkpoints" / f"{arm}-{args.n_hidden}"),
+        "checkpoint_dir": str(Path(args.workdir) / "checkpoints" / run_name(arm, args)),
     }
     if arm == "no_feature_norm":
         model["feature_norm"] = False
@@ -65,6 +78,13 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
     elif arm == "no_early_stop":
         training["early_stop"] = False
         training["reduce_lr_on_plateau"] = False
+    elif arm == "pitch_tempo":
+        masks = [a for a in recipe_augment if not a.startswith("speed")]
+        training["augment"] = PITCH_TEMPO + masks
+    elif arm == "speed_pitch_tempo":
+        training["augment"] = [*recipe_augment, *PITCH_TEMPO]
+    elif arm == "speed_volume":
+        training["augment"] = [*recipe_augment, "volume[p=1,dbfs=-6~4]"]
     return {
         "workdir": args.workdir,
         "corpus": {"corpus": str(args.corpus)},
@@ -101,7 +121,9 @@ def main() -> None:
     from deepspeech_core.training import train
 
     cfg = PipelineConfig.model_validate(arm_config(args.arm, args)).resolved()
-    name = f"{args.arm}_{args.corpus.parent.name}".replace(".", "").replace("-", "_")
+    name = f"{args.arm}_{args.corpus.parent.name}_seed{args.seed}".replace(".", "").replace(
+        "-", "_"
+    )
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
     features = build_feature_cache(corpus, cfg.features, cfg.workdir)
     cpu = resource.getrusage(resource.RUSAGE_SELF)
@@ -112,6 +134,8 @@ def main() -> None:
     cpu_seconds = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
     print(f"{name}_n_hidden: {args.n_hidden} units")
     print(f"{name}_epochs_trained: {trained.epochs} epochs")
+    history = ", ".join(f"{loss:.2f}" for loss in trained.dev_loss_history)
+    print(f"{name}_dev_loss_history: [{history}] loss")
     best = min(range(len(trained.dev_loss_history)), key=trained.dev_loss_history.__getitem__)
     print(f"{name}_best_dev_loss: {trained.dev_loss_history[best]:.3f} loss (epoch {best})")
     if trained.steps > trained.resumed_from_step:
@@ -126,7 +150,7 @@ def main() -> None:
             features,
             cfg.checkpoint_dir,
             cfg.evaluation.model_copy(update=decoder),
-            cfg.workdir / "reports" / f"{args.arm}{label}",
+            cfg.workdir / "reports" / f"{run_name(args.arm, args)}{label}",
         )
         print(f"{name}_test_wer{label}: {result.wer:.4f} ratio")
         print(f"{name}_test_cer{label}: {result.cer:.4f} ratio")
@@ -142,7 +166,7 @@ def main() -> None:
             features,
             cfg.checkpoint_dir,
             lm.model_copy(update=weights),
-            cfg.workdir / "reports" / f"{args.arm}_bigram_tuned",
+            cfg.workdir / "reports" / f"{run_name(args.arm, args)}_bigram_tuned",
         )
         print(f"{name}_test_wer_bigram_tuned: {result.wer:.4f} ratio")
         print(f"{name}_test_cer_bigram_tuned: {result.cer:.4f} ratio")
