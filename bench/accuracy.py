@@ -21,6 +21,7 @@ Prints one `name: value unit` line per figure. Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import time
@@ -94,6 +95,37 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
     }
 
 
+def train_timed(features, cfg) -> tuple:
+    """Train one arm; (TrainingManifest, wall seconds, CPU seconds of this process)."""
+    from deepspeech_core.training import train
+
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    trained = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    wall = time.perf_counter() - started
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return trained, wall, used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+
+
+def report_history(name: str, history: dict) -> None:
+    """Epochs, best dev loss and the whole dev-loss curve (early stopping's evidence)."""
+    dev = history["dev_loss"]
+    best = min(range(len(dev)), key=dev.__getitem__)
+    print(f"{name}_epochs_trained: {len(dev)} epochs")
+    print(f"{name}_best_dev_loss: {dev[best]:.3f} loss (epoch {best})")
+    print(f"{name}_dev_loss_history: [{', '.join(f'{loss:.2f}' for loss in dev)}] loss")
+
+
+def report_training(name: str, args: argparse.Namespace, timed: tuple) -> None:
+    trained, wall, cpu_seconds = timed
+    print(f"{name}_n_hidden: {args.n_hidden} units")
+    report_history(name, {"dev_loss": trained.dev_loss_history})
+    if trained.steps > trained.resumed_from_step:
+        print(f"{name}_train_wall_seconds: {wall:.0f} s (this process's part of the training)")
+        print(f"{name}_train_cpu_seconds: {cpu_seconds:.0f} s")
+        print(f"load_average_1min_at_end: {os.getloadavg()[0]:.1f} processes")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arm", choices=ARMS, default="recipe")
@@ -105,6 +137,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--lm_trials", type=int, default=0, help="also tune-lm's search on dev, N trials"
+    )
+    parser.add_argument(
+        "--evaluate_only",
+        action="store_true",
+        help="evaluate the arm's best checkpoint so far (a training stopped by hand)",
     )
     args = parser.parse_args()
     if not args.corpus.is_dir():
@@ -118,7 +155,6 @@ def main() -> None:
     from deepspeech_core.evaluation import evaluate
     from deepspeech_core.feature_cache import build_feature_cache
     from deepspeech_core.language_model import write_arpa
-    from deepspeech_core.training import train
 
     cfg = PipelineConfig.model_validate(arm_config(args.arm, args)).resolved()
     name = f"{args.arm}_{args.corpus.parent.name}_seed{args.seed}".replace(".", "").replace(
@@ -126,23 +162,10 @@ def main() -> None:
     )
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
     features = build_feature_cache(corpus, cfg.features, cfg.workdir)
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    trained = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
-    wall = time.perf_counter() - started
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_seconds = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-    print(f"{name}_n_hidden: {args.n_hidden} units")
-    print(f"{name}_epochs_trained: {trained.epochs} epochs")
-    history = ", ".join(f"{loss:.2f}" for loss in trained.dev_loss_history)
-    print(f"{name}_dev_loss_history: [{history}] loss")
-    best = min(range(len(trained.dev_loss_history)), key=trained.dev_loss_history.__getitem__)
-    print(f"{name}_best_dev_loss: {trained.dev_loss_history[best]:.3f} loss (epoch {best})")
-    if trained.steps > trained.resumed_from_step:
-        print(f"{name}_train_wall_seconds: {wall:.0f} s (this process's part of the training)")
-        print(f"{name}_train_cpu_seconds: {cpu_seconds:.0f} s")
-        print(f"load_average_1min_at_end: {os.getloadavg()[0]:.1f} processes")
-
+    if args.evaluate_only:
+        report_history(name, json.loads((cfg.checkpoint_dir / "history.json").read_text()))
+    else:
+        report_training(name, args, train_timed(features, cfg))
     text = pd.read_csv(corpus.splits["train"], keep_default_na=False).transcript
     bigram = write_arpa(text, cfg.workdir / "bigram.arpa", order=2)  # build-lm --order 2
     for label, decoder in (("", {}), ("_bigram", {"scorer_path": bigram})):
