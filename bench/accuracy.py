@@ -44,8 +44,9 @@ ARMS = (
 )
 # Candidate improvements (issue 13's point 2): what the earlier WER 0.44 run had that the
 # recipe lacks. pitch and tempo draw a continuous factor per clip, each on its own, where
-# speed draws one of 0.9/1.0/1.1 for both; volume adds a peak-normalised copy of the
-# training audio (a sample-domain augmentation, its own feature cache namespace).
+# speed draws one of 0.9/1.0/1.1 for both; volume adds a copy of the training audio
+# with its peak at -10 to -40 dBFS (a sample-domain augmentation, in a feature-cache
+# namespace of its own): theo's clips peak near -36 dBFS, the training voices' near -18.
 PITCH_TEMPO = ["pitch[p=0.5,pitch=1~0.15]", "tempo[p=0.5,factor=1~0.15]"]
 
 
@@ -85,7 +86,7 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
     elif arm == "speed_pitch_tempo":
         training["augment"] = [*recipe_augment, *PITCH_TEMPO]
     elif arm == "speed_volume":
-        training["augment"] = [*recipe_augment, "volume[p=1,dbfs=-6~4]"]
+        training["augment"] = [*recipe_augment, "volume[p=1,dbfs=25~15]"]
     return {
         "workdir": args.workdir,
         "corpus": {"corpus": str(args.corpus)},
@@ -150,6 +151,7 @@ def main() -> None:
 
     import pandas as pd
 
+    from deepspeech_core.augmentation import split_specs
     from deepspeech_core.config import PipelineConfig
     from deepspeech_core.corpus import validate_corpus
     from deepspeech_core.evaluation import evaluate
@@ -161,7 +163,11 @@ def main() -> None:
         "-", "_"
     )
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
-    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
+    # As the flow's feature stage: sample-domain augmentations (volume) get their copy.
+    sample_augment, _ = split_specs(cfg.training.augment)
+    features = build_feature_cache(
+        corpus, cfg.features, cfg.workdir, sample_augment=sample_augment, augment_seed=args.seed
+    )
     if args.evaluate_only:
         report_history(name, json.loads((cfg.checkpoint_dir / "history.json").read_text()))
     else:
