@@ -21,6 +21,7 @@ Prints one `name: value unit` line per figure. Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import time
@@ -37,7 +38,21 @@ ARMS = (
     "no_masks",
     "dropout_0.05",
     "no_early_stop",
+    "pitch_tempo",
+    "speed_pitch_tempo",
+    "speed_volume",
 )
+# Candidate improvements (issue 13's point 2): what the earlier WER 0.44 run had that the
+# recipe lacks. pitch and tempo draw a continuous factor per clip, each on its own, where
+# speed draws one of 0.9/1.0/1.1 for both; volume adds a copy of the training audio
+# with its peak at -10 to -40 dBFS (a sample-domain augmentation, in a feature-cache
+# namespace of its own): theo's clips peak near -36 dBFS, the training voices' near -18.
+PITCH_TEMPO = ["pitch[p=0.5,pitch=1~0.15]", "tempo[p=0.5,factor=1~0.15]"]
+
+
+def run_name(arm: str, args: argparse.Namespace) -> str:
+    """One checkpoint directory per arm, width, epoch limit and seed (a rerun only evaluates)."""
+    return f"{arm}-{args.n_hidden}-e{args.epochs}-seed{args.seed}"
 
 
 def arm_config(arm: str, args: argparse.Namespace) -> dict:
@@ -52,7 +67,7 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
         "dev_batch_size": 64,
         "seed": args.seed,
         "recipe": "none" if arm == "baseline" else "small_data",
-        "checkpoint_dir": str(Path(args.workdir) / "checkpoints" / f"{arm}-{args.n_hidden}"),
+        "checkpoint_dir": str(Path(args.workdir) / "checkpoints" / run_name(arm, args)),
     }
     if arm == "no_feature_norm":
         model["feature_norm"] = False
@@ -65,6 +80,13 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
     elif arm == "no_early_stop":
         training["early_stop"] = False
         training["reduce_lr_on_plateau"] = False
+    elif arm == "pitch_tempo":
+        masks = [a for a in recipe_augment if not a.startswith("speed")]
+        training["augment"] = PITCH_TEMPO + masks
+    elif arm == "speed_pitch_tempo":
+        training["augment"] = [*recipe_augment, *PITCH_TEMPO]
+    elif arm == "speed_volume":
+        training["augment"] = [*recipe_augment, "volume[p=1,dbfs=25~15]"]
     return {
         "workdir": args.workdir,
         "corpus": {"corpus": str(args.corpus)},
@@ -72,6 +94,37 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
         "training": training,
         "evaluation": {"test_batch_size": 64, "report_count": 0, "beam_width": 1024},
     }
+
+
+def train_timed(features, cfg) -> tuple:
+    """Train one arm; (TrainingManifest, wall seconds, CPU seconds of this process)."""
+    from deepspeech_core.training import train
+
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    trained = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
+    wall = time.perf_counter() - started
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return trained, wall, used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+
+
+def report_history(name: str, history: dict) -> None:
+    """Epochs, best dev loss and the whole dev-loss curve (early stopping's evidence)."""
+    dev = history["dev_loss"]
+    best = min(range(len(dev)), key=dev.__getitem__)
+    print(f"{name}_epochs_trained: {len(dev)} epochs")
+    print(f"{name}_best_dev_loss: {dev[best]:.3f} loss (epoch {best})")
+    print(f"{name}_dev_loss_history: [{', '.join(f'{loss:.2f}' for loss in dev)}] loss")
+
+
+def report_training(name: str, args: argparse.Namespace, timed: tuple) -> None:
+    trained, wall, cpu_seconds = timed
+    print(f"{name}_n_hidden: {args.n_hidden} units")
+    report_history(name, {"dev_loss": trained.dev_loss_history})
+    if trained.steps > trained.resumed_from_step:
+        print(f"{name}_train_wall_seconds: {wall:.0f} s (this process's part of the training)")
+        print(f"{name}_train_cpu_seconds: {cpu_seconds:.0f} s")
+        print(f"load_average_1min_at_end: {os.getloadavg()[0]:.1f} processes")
 
 
 def main() -> None:
@@ -86,6 +139,11 @@ def main() -> None:
     parser.add_argument(
         "--lm_trials", type=int, default=0, help="also tune-lm's search on dev, N trials"
     )
+    parser.add_argument(
+        "--evaluate_only",
+        action="store_true",
+        help="evaluate the arm's best checkpoint so far (a training stopped by hand)",
+    )
     args = parser.parse_args()
     if not args.corpus.is_dir():
         print(f"skipped: no corpus at {args.corpus}")
@@ -93,32 +151,27 @@ def main() -> None:
 
     import pandas as pd
 
+    from deepspeech_core.augmentation import split_specs
     from deepspeech_core.config import PipelineConfig
     from deepspeech_core.corpus import validate_corpus
     from deepspeech_core.evaluation import evaluate
     from deepspeech_core.feature_cache import build_feature_cache
     from deepspeech_core.language_model import write_arpa
-    from deepspeech_core.training import train
 
     cfg = PipelineConfig.model_validate(arm_config(args.arm, args)).resolved()
-    name = f"{args.arm}_{args.corpus.parent.name}".replace(".", "").replace("-", "_")
+    name = f"{args.arm}_{args.corpus.parent.name}_seed{args.seed}".replace(".", "").replace(
+        "-", "_"
+    )
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
-    features = build_feature_cache(corpus, cfg.features, cfg.workdir)
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    trained = train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
-    wall = time.perf_counter() - started
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_seconds = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
-    print(f"{name}_n_hidden: {args.n_hidden} units")
-    print(f"{name}_epochs_trained: {trained.epochs} epochs")
-    best = min(range(len(trained.dev_loss_history)), key=trained.dev_loss_history.__getitem__)
-    print(f"{name}_best_dev_loss: {trained.dev_loss_history[best]:.3f} loss (epoch {best})")
-    if trained.steps > trained.resumed_from_step:
-        print(f"{name}_train_wall_seconds: {wall:.0f} s (this process's part of the training)")
-        print(f"{name}_train_cpu_seconds: {cpu_seconds:.0f} s")
-        print(f"load_average_1min_at_end: {os.getloadavg()[0]:.1f} processes")
-
+    # As the flow's feature stage: sample-domain augmentations (volume) get their copy.
+    sample_augment, _ = split_specs(cfg.training.augment)
+    features = build_feature_cache(
+        corpus, cfg.features, cfg.workdir, sample_augment=sample_augment, augment_seed=args.seed
+    )
+    if args.evaluate_only:
+        report_history(name, json.loads((cfg.checkpoint_dir / "history.json").read_text()))
+    else:
+        report_training(name, args, train_timed(features, cfg))
     text = pd.read_csv(corpus.splits["train"], keep_default_na=False).transcript
     bigram = write_arpa(text, cfg.workdir / "bigram.arpa", order=2)  # build-lm --order 2
     for label, decoder in (("", {}), ("_bigram", {"scorer_path": bigram})):
@@ -126,7 +179,7 @@ def main() -> None:
             features,
             cfg.checkpoint_dir,
             cfg.evaluation.model_copy(update=decoder),
-            cfg.workdir / "reports" / f"{args.arm}{label}",
+            cfg.workdir / "reports" / f"{run_name(args.arm, args)}{label}",
         )
         print(f"{name}_test_wer{label}: {result.wer:.4f} ratio")
         print(f"{name}_test_cer{label}: {result.cer:.4f} ratio")
@@ -142,7 +195,7 @@ def main() -> None:
             features,
             cfg.checkpoint_dir,
             lm.model_copy(update=weights),
-            cfg.workdir / "reports" / f"{args.arm}_bigram_tuned",
+            cfg.workdir / "reports" / f"{run_name(args.arm, args)}_bigram_tuned",
         )
         print(f"{name}_test_wer_bigram_tuned: {result.wer:.4f} ratio")
         print(f"{name}_test_cer_bigram_tuned: {result.cer:.4f} ratio")
