@@ -83,7 +83,7 @@ demo: setup kenlm
 export DEEPSPEECH_CLIENT_CACHE ?= $(CURDIR)/.cache/deepspeech-0.9.3
 
 deepspeech-clients: $(STAMP)
-	$(BIN)/python -m deepspeech_core.deepspeech_client fetch
+	$(BIN)/python -m deepspeech_core.export.deepspeech_client fetch
 
 # A fixed order on CI (-p no:randomly); `$(BIN)/pytest -p randomly` shuffles (tests must
 # pass in any order: each sets up what it needs). The gates (`make lint`) run first.

@@ -98,7 +98,7 @@ def arm_config(arm: str, args: argparse.Namespace) -> dict:
 
 def train_timed(features, cfg) -> tuple:
     """Train one arm; (TrainingManifest, wall seconds, CPU seconds of this process)."""
-    from deepspeech_core.training import train
+    from deepspeech_core.train.loop import train
 
     cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
@@ -151,12 +151,12 @@ def main() -> None:
 
     import pandas as pd
 
-    from deepspeech_core.augmentation import split_specs
     from deepspeech_core.config import PipelineConfig
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.evaluation import evaluate
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.language_model import write_arpa
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.evaluate.arpa_lm import write_arpa
+    from deepspeech_core.evaluate.evaluation import evaluate
+    from deepspeech_core.features.augmentation import split_specs
+    from deepspeech_core.features.cache import build_feature_cache
 
     cfg = PipelineConfig.model_validate(arm_config(args.arm, args)).resolved()
     name = f"{args.arm}_{args.corpus.parent.name}_seed{args.seed}".replace(".", "").replace(
@@ -184,7 +184,7 @@ def main() -> None:
         print(f"{name}_test_wer{label}: {result.wer:.4f} ratio")
         print(f"{name}_test_cer{label}: {result.cer:.4f} ratio")
     if args.lm_trials:
-        from deepspeech_core.lm_tuning import tune
+        from deepspeech_core.evaluate.lm_tuning import tune
 
         lm = cfg.evaluation.model_copy(update={"scorer_path": bigram})
         tuned = tune(features, cfg.checkpoint_dir, lm, n_trials=args.lm_trials, seed=args.seed)

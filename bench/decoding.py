@@ -34,11 +34,11 @@ def _trained_workdir(args, tmp: Path):
     import pandas as pd
 
     from deepspeech_core.config import PipelineConfig
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.demo_corpus import make_demo_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.data.demo_corpus import make_demo_corpus
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
     from deepspeech_core.manifests import FeatureCacheManifest
-    from deepspeech_core.training import train
+    from deepspeech_core.train.loop import train
 
     if args.workdir is not None:
         (manifest,) = Path(args.workdir).glob("features/*/manifest.json")
@@ -69,7 +69,7 @@ def _trained_workdir(args, tmp: Path):
 
 def _decoders(alphabet, beam_width: int, arpa: Path, scorer: Path | None):
     """(name, decoder, workers) for every decoder the bench compares."""
-    from deepspeech_core.decoding import (
+    from deepspeech_core.evaluate.decoders import (
         BeamSearchDecoder,
         GreedyDecoder,
         LMBeamSearchDecoder,
@@ -94,7 +94,7 @@ def _decoders(alphabet, beam_width: int, arpa: Path, scorer: Path | None):
 
 def _scorer(arpa: Path, alphabet, tmp: Path) -> Path | None:
     """The ARPA as a .scorer package (its trie the lexicon), where KenLM's tools exist."""
-    from deepspeech_core.kenlm_tools import KenLMToolError, write_scorer
+    from deepspeech_core.evaluate.kenlm_tools import KenLMToolError, write_scorer
 
     try:
         write_scorer(arpa, tmp / "lm.scorer", alphabet, alpha=0.931, beta=1.183)
@@ -122,11 +122,11 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from deepspeech_core.checkpoints import load_model
-    from deepspeech_core.dataset import SplitIndex
-    from deepspeech_core.evaluation import decode_split
-    from deepspeech_core.language_model import write_arpa
-    from deepspeech_core.metrics import corpus_error_rates
+    from deepspeech_core.evaluate.arpa_lm import write_arpa
+    from deepspeech_core.evaluate.error_rates import corpus_error_rates
+    from deepspeech_core.evaluate.evaluation import decode_split
+    from deepspeech_core.features.batches import SplitIndex
+    from deepspeech_core.model.checkpoints import load_model
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)

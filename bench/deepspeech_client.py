@@ -45,9 +45,9 @@ def speech(path: Path) -> Path:
 def corpus_features(root: Path):
     """A 40-clip espeak-ng corpus, validated and featurised once for every size."""
     from deepspeech_core.config import PipelineConfig
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.demo_corpus import make_demo_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.data.demo_corpus import make_demo_corpus
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
 
     cv = make_demo_corpus(root / "cv", count=40, seed=3)
     cfg = PipelineConfig.model_validate(
@@ -59,9 +59,9 @@ def corpus_features(root: Path):
 
 def trained_model(h: int, epochs: int, cfg, features, root: Path):
     """n_hidden `h` trained `epochs` epochs (batch 8) on the corpus: (model, spec)."""
-    from deepspeech_core.checkpoints import load_model
     from deepspeech_core.config import ModelConfig, TrainingConfig
-    from deepspeech_core.training import train
+    from deepspeech_core.model.checkpoints import load_model
+    from deepspeech_core.train.loop import train
 
     model_cfg = ModelConfig(n_hidden=h)
     training = TrainingConfig(
@@ -78,7 +78,7 @@ def logit_entropy(model, mfccs) -> tuple[float, float]:
     """(mean per-frame softmax entropy in nats, share of frames whose best class is blank)."""
     import numpy as np
 
-    from deepspeech_core.tflite_export import keras_logits
+    from deepspeech_core.export.streaming_tflite import keras_logits
 
     logits = keras_logits(model, [mfccs])[0]
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -91,16 +91,16 @@ def logit_entropy(model, mfccs) -> tuple[float, float]:
 def bench_size(h: int, wav: Path, beam_width: int, epochs: int, cfg, features, out: Path) -> None:
     import numpy as np
 
-    from deepspeech_core.audio import read_audio
-    from deepspeech_core.decoding import BeamSearchDecoder, GreedyDecoder
-    from deepspeech_core.deepspeech_client import run_client
-    from deepspeech_core.deepspeech_export import (
+    from deepspeech_core.data.audio_files import read_audio
+    from deepspeech_core.evaluate.decoders import BeamSearchDecoder, GreedyDecoder
+    from deepspeech_core.export.deepspeech_client import run_client
+    from deepspeech_core.export.deepspeech_graphs import (
         DeepSpeechGraph,
         DeepSpeechMetadata,
         convert_deepspeech_tflite,
     )
-    from deepspeech_core.features import MfccExtractor
-    from deepspeech_core.tflite_export import TFLiteStreamer, convert_tflite
+    from deepspeech_core.export.streaming_tflite import TFLiteStreamer, convert_tflite
+    from deepspeech_core.features.mfcc import MfccExtractor
 
     model, spec = trained_model(h, epochs, cfg, features, out)
     pcm16 = read_audio(wav, spec.features.audio_sample_rate).samples

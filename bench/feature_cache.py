@@ -44,7 +44,7 @@ def _noop(_: int) -> None:
     import tensorflow  # noqa: F401
 
     from deepspeech_core.config import FeatureConfig
-    from deepspeech_core.features import MfccExtractor
+    from deepspeech_core.features.mfcc import MfccExtractor
 
     MfccExtractor(FeatureConfig()).batch([__import__("numpy").zeros(16000, "int16")])
 
@@ -60,11 +60,11 @@ def main() -> None:
         return
     import numpy as np
 
-    from deepspeech_core.alphabet import Alphabet
     from deepspeech_core.config import CorpusConfig, FeatureConfig
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.dataset import SplitIndex, batch_plan, make_dataset
-    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.data.alphabet import Alphabet
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.batches import SplitIndex, batch_plan, make_dataset
+    from deepspeech_core.features.cache import build_feature_cache
 
     features = FeatureConfig()
     with tempfile.TemporaryDirectory() as tmp:

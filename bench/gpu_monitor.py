@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fake_nvml
 
 
 def sampling_cost() -> None:
-    from deepspeech_core.gpu_monitor import GpuMonitor
+    from deepspeech_core.train.gpu_monitor import GpuMonitor
     from tests.fake_nvml import FakeGpu, FakeNVML
 
     for gpus in (1, 8):
@@ -46,12 +46,12 @@ def sampling_cost() -> None:
 def training_cost(epochs: int, interval: float) -> None:
     import numpy as np
 
-    from deepspeech_core.checkpoints import load_model
     from deepspeech_core.config import PipelineConfig
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.demo_corpus import make_demo_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.training import train
+    from deepspeech_core.data.demo_corpus import make_demo_corpus
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.model.checkpoints import load_model
+    from deepspeech_core.train.loop import train
     from tests.fake_nvml import FakeNVML
 
     with tempfile.TemporaryDirectory() as tmp:

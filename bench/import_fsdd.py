@@ -25,7 +25,7 @@ def main() -> None:
         return
 
     from deepspeech_core.config import CorpusConfig, FeatureConfig
-    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.data.validation import validate_corpus
 
     cfg = CorpusConfig(corpus=args.corpus, import_workers=args.workers)
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,16 +22,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def run_language(root: Path, language: str, args: argparse.Namespace) -> dict[str, float]:
-    from deepspeech_core.checkpoints import load_model
     from deepspeech_core.config import PipelineConfig
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.dataset import SplitIndex
-    from deepspeech_core.decoding import GreedyDecoder
-    from deepspeech_core.evaluation import decode_split
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.language_corpora import make_language_corpus
-    from deepspeech_core.metrics import corpus_error_rates
-    from deepspeech_core.training import train
+    from deepspeech_core.data.language_corpora import make_language_corpus
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.evaluate.decoders import GreedyDecoder
+    from deepspeech_core.evaluate.error_rates import corpus_error_rates
+    from deepspeech_core.evaluate.evaluation import decode_split
+    from deepspeech_core.features.batches import SplitIndex
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.model.checkpoints import load_model
+    from deepspeech_core.train.loop import train
 
     cv = make_language_corpus(
         root / "cv",

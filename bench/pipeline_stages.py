@@ -24,12 +24,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from deepspeech_core.config import PipelineConfig
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.demo_corpus import make_demo_corpus
-    from deepspeech_core.evaluation import evaluate
-    from deepspeech_core.export import export_model, verification_clips
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.training import train
+    from deepspeech_core.data.demo_corpus import make_demo_corpus
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.evaluate.evaluation import evaluate
+    from deepspeech_core.export.export_model import export_model, verification_clips
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.train.loop import train
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -46,7 +46,7 @@ def _load_source(corpus: Path) -> None:
     """Every shared recording at 16 kHz, by digit (in the parent, before the pool forks)."""
     import pandas as pd
 
-    from deepspeech_core.audio import read_audio
+    from deepspeech_core.data.audio_files import read_audio
 
     table = pd.read_csv(corpus / "validated.tsv", sep="\t", dtype=str, keep_default_na=False)
     for path, sentence, speaker in zip(table.path, table.sentence, table.client_id, strict=True):
@@ -205,7 +205,7 @@ def _one_thread() -> None:
 
 
 def _measured_shard(job):
-    from deepspeech_core.feature_cache import build_shard
+    from deepspeech_core.features.cache import build_shard
 
     return build_shard(job), _vm_hwm_mb()
 
@@ -305,7 +305,7 @@ class _Clock:
 
 def run_stages(args: argparse.Namespace) -> None:
     """Child: run `args.stage` (comma-separated stages) and print one JSON line."""
-    from deepspeech_core.corpus import validate_corpus
+    from deepspeech_core.data.validation import validate_corpus
 
     cfg = _config(args.workdir, args.corpus, args.beam_width, args.workers)
     workers = args.workers or os.cpu_count() or 1
@@ -320,7 +320,7 @@ def run_stages(args: argparse.Namespace) -> None:
     out["imported"] = corpus.imported
     stages = args.stage.split(",")
     if stages != ["validate"]:
-        from deepspeech_core.feature_cache import build_feature_cache  # TensorFlow
+        from deepspeech_core.features.cache import build_feature_cache  # TensorFlow
 
         clock.lap("import_tensorflow")
         features = build_feature_cache(
@@ -333,13 +333,13 @@ def run_stages(args: argparse.Namespace) -> None:
         clock.lap("features")
         out["computed"] = features.computed
     if "train" in stages:
-        from deepspeech_core.training import train
+        from deepspeech_core.train.loop import train
 
         clock.lap("import_training")
         train(features, cfg.model, cfg.features, cfg.training, cfg.checkpoint_dir)
         clock.lap("train")
     if "evaluate" in stages:
-        from deepspeech_core.evaluation import evaluate
+        from deepspeech_core.evaluate.evaluation import evaluate
 
         clock.lap("import_evaluation")
         result = evaluate(features, cfg.checkpoint_dir, cfg.evaluation, cfg.workdir / "reports")
@@ -593,8 +593,8 @@ def main() -> None:
         if args._profile:
             import cProfile
 
-            import deepspeech_core.corpus
-            import deepspeech_core.feature_cache  # noqa: F401  TensorFlow: not in the profile
+            import deepspeech_core.data.validation
+            import deepspeech_core.features.cache  # noqa: F401  TensorFlow: not in the profile
 
             cProfile.runctx("run_stages(args)", globals(), {"args": args}, args._profile)
         else:

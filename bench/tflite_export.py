@@ -23,15 +23,15 @@ ALPHABET = " abcdefghijklmnopqrstuvwxyz'"  # 28 characters + blank = 29 classes
 def bench_size(h: int, seconds: float, threads: int) -> None:
     import numpy as np
 
-    from deepspeech_core.alphabet import Alphabet
-    from deepspeech_core.checkpoints import ModelSpec
     from deepspeech_core.config import FeatureConfig, ModelConfig
-    from deepspeech_core.tflite_export import (
+    from deepspeech_core.data.alphabet import Alphabet
+    from deepspeech_core.export.streaming_tflite import (
         TFLiteStreamer,
         convert_tflite,
         keras_logits,
         logit_error,
     )
+    from deepspeech_core.model.checkpoints import ModelSpec
 
     spec = ModelSpec(Alphabet(ALPHABET), FeatureConfig(), ModelConfig(n_hidden=h))
     model = spec.build()

@@ -45,9 +45,9 @@ def bench_size(h: int, batch: int, steps: int, peak: float) -> None:
     import tensorflow as tf
 
     from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
-    from deepspeech_core.dataset import Batch
-    from deepspeech_core.model import create_model
-    from deepspeech_core.training import make_optimizer, make_train_step
+    from deepspeech_core.features.batches import Batch
+    from deepspeech_core.model.network import create_model
+    from deepspeech_core.train.loop import make_optimizer, make_train_step
 
     rng = np.random.default_rng(0)
     data = Batch(

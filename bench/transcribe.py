@@ -25,10 +25,10 @@ ALPHABET = " abcdefghijklmnopqrstuvwxyz'"
 def _export(h: int, work: Path) -> Path:
     import numpy as np
 
-    from deepspeech_core.alphabet import Alphabet
-    from deepspeech_core.checkpoints import ModelSpec, save_inference_checkpoint
     from deepspeech_core.config import FeatureConfig, ModelConfig
-    from deepspeech_core.export import export_model
+    from deepspeech_core.data.alphabet import Alphabet
+    from deepspeech_core.export.export_model import export_model
+    from deepspeech_core.model.checkpoints import ModelSpec, save_inference_checkpoint
 
     spec = ModelSpec(Alphabet(ALPHABET), FeatureConfig(), ModelConfig(n_hidden=h))
     save_inference_checkpoint(spec.build(), spec, work / "checkpoint")
@@ -56,7 +56,7 @@ def bench_size(h: int, seconds: float, work: Path) -> None:
     import soundfile
 
     from deepspeech_core.config import DecoderConfig
-    from deepspeech_core.transcriber import Transcriber
+    from deepspeech_core.export.transcriber import Transcriber
 
     root = _export(h, work)
     rng = np.random.default_rng(1)

@@ -187,7 +187,7 @@ class TrainingConfig(_Section):
     @field_validator("augment")
     @classmethod
     def _parse_augment(cls, specs: list[str]) -> list[str]:
-        from deepspeech_core.augmentation import parse_augmentations
+        from deepspeech_core.features.augmentation import parse_augmentations
 
         parse_augmentations(specs)  # raises AugmentationError (a ValueError) with the fix
         return specs

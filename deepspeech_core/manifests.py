@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from deepspeech_core.gpu_monitor import GpuSummary
+from deepspeech_core.train.gpu_monitor import GpuSummary
 
 
 class _Manifest(BaseModel):

@@ -274,12 +274,12 @@ def transcribe(
     lm_beta: Annotated[float | None, _opt("lm_beta", help=_decoder_help("lm_beta"))] = None,
     json_output: Annotated[bool, _opt("json", help="Print one JSON object per file.")] = False,
 ) -> None:
-    from deepspeech_core.audio import AudioError
     from deepspeech_core.config import DecoderConfig
-    from deepspeech_core.decoding import DecoderError
-    from deepspeech_core.deepspeech_client import ClientError, ClientUnavailableError
-    from deepspeech_core.export_store import ExportStoreError
-    from deepspeech_core.transcriber import BACKENDS, Transcriber
+    from deepspeech_core.data.audio_files import AudioError
+    from deepspeech_core.evaluate.decoders import DecoderError
+    from deepspeech_core.export.deepspeech_client import ClientError, ClientUnavailableError
+    from deepspeech_core.export.store import ExportStoreError
+    from deepspeech_core.export.transcriber import BACKENDS, Transcriber
 
     if backend not in BACKENDS:
         raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
@@ -317,7 +317,7 @@ def promote_command(
         "deepspeech-data/export"
     ),
 ) -> None:
-    from deepspeech_core import export_store
+    from deepspeech_core.export import store as export_store
 
     try:  # under the export directory's lock: waits for an export running there
         _, before = export_store.promote_version(export_dir, version)
@@ -338,7 +338,7 @@ def status_command(
     ] = None,
     json_output: Annotated[bool, _opt("json", help="Print it as one JSON object.")] = False,
 ) -> None:
-    from deepspeech_core.workdir_status import workdir_status
+    from deepspeech_core.workdir.status import workdir_status
     from deepspeech_flow.status_view import status_text
 
     status = workdir_status(workdir, checkpoint_dir, export_dir)
@@ -408,8 +408,8 @@ def _scorer_weights(
     default_alpha: float | None, default_beta: float | None, workdir: Path | None
 ) -> tuple[float, float, str]:
     """The package's default alpha/beta: the flags, else tune-lm's, else DeepSpeech's."""
-    from deepspeech_core import lm_tuning
     from deepspeech_core.config import DEEPSPEECH_LM_ALPHA, DEEPSPEECH_LM_BETA
+    from deepspeech_core.evaluate import lm_tuning
 
     tuned = lm_tuning.load(workdir) if workdir is not None else None
     source = "DeepSpeech's defaults"
@@ -461,10 +461,10 @@ def build_lm(
 ) -> None:
     import tempfile
 
-    from deepspeech_core.alphabet import Alphabet
-    from deepspeech_core.kenlm_tools import KenLMToolError, write_scorer
-    from deepspeech_core.language_model import write_arpa
-    from deepspeech_core.scorer_package import ScorerError
+    from deepspeech_core.data.alphabet import Alphabet
+    from deepspeech_core.evaluate.arpa_lm import write_arpa
+    from deepspeech_core.evaluate.kenlm_tools import KenLMToolError, write_scorer
+    from deepspeech_core.evaluate.scorer_package import ScorerError
 
     if out is None and scorer is None:
         raise typer.BadParameter("give --out (ARPA), --scorer (.scorer) or both")
@@ -503,7 +503,7 @@ def make_demo_corpus_command(
     count: Annotated[int, typer.Option(help="Number of clips.")] = 400,
     seed: Annotated[int, typer.Option(help="Sentence and voice seed.")] = 1,
 ) -> None:
-    from deepspeech_core.demo_corpus import DemoCorpusError, make_demo_corpus
+    from deepspeech_core.data.demo_corpus import DemoCorpusError, make_demo_corpus
 
     started = time.monotonic()
     try:

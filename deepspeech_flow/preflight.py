@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.locking import LockedError, workdir_holder
+from deepspeech_core.workdir.locking import LockedError, workdir_holder
 from deepspeech_flow.errors import ConfigError, DataError
 
 SPLITS = ("train", "dev", "test")

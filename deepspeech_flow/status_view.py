@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepspeech_core.workdir_status import LockInfo, WorkdirStatus
+from deepspeech_core.workdir.status import LockInfo, WorkdirStatus
 
 
 def _held(lock: LockInfo | None) -> str:

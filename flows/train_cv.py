@@ -15,14 +15,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from deepspeech_core import export_store, stopping
+from deepspeech_core import stopping
 from deepspeech_core.config import PipelineConfig, Stage, runs_stage
-from deepspeech_core.locking import workdir_lock
+from deepspeech_core.export import store
+from deepspeech_core.export.promotion import comparison_markdown, decide, is_already_current
 from deepspeech_core.manifests import PipelineResult
-from deepspeech_core.overlap import check_inputs_outside_outputs
-from deepspeech_core.promotion import comparison_markdown, decide, is_already_current
 from deepspeech_core.stopping import StopRequested, stop_on_signals
-from deepspeech_core.training_runs import (
+from deepspeech_core.train.trainings import (
     NoTrainedModelError,
     RetrainFrom,
     has_trained_model,
@@ -32,7 +31,9 @@ from deepspeech_core.training_runs import (
     warm_start_source,
     with_training,
 )
-from deepspeech_core.workdir_status import record_last_run
+from deepspeech_core.workdir.input_overlap import check_inputs_outside_outputs
+from deepspeech_core.workdir.locking import workdir_lock
+from deepspeech_core.workdir.status import record_last_run
 from flows.stopping import stopped_run_state
 from tasks.evaluate import evaluate_model_task
 from tasks.export import export_model_task
@@ -81,7 +82,7 @@ def _run_name() -> str:
 
 def _export_with_promotion(config: PipelineConfig, result: PipelineResult, has_test: bool):
     """Evaluate the current model on the same test set; export, promote if no worse."""
-    current = export_store.current(config.export_dir)
+    current = store.current(config.export_dir)
     champion = None
     if current is not None:
         if is_already_current(current, result.evaluation):

@@ -12,9 +12,9 @@ from datetime import datetime
 from prefect import flow
 
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.lm_tuning import TuningResult
-from deepspeech_core.locking import workdir_lock
-from deepspeech_core.training_runs import run_checkpoint_dir
+from deepspeech_core.evaluate.lm_tuning import TuningResult
+from deepspeech_core.train.trainings import run_checkpoint_dir
+from deepspeech_core.workdir.locking import workdir_lock
 from tasks.features import build_feature_cache_stage
 from tasks.tune_lm import tune_lm_task
 from tasks.validate import validate_corpus_task

@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.evaluation import evaluate
-from deepspeech_core.lm_tuning import with_tuned_weights
+from deepspeech_core.evaluate.evaluation import evaluate
+from deepspeech_core.evaluate.lm_tuning import with_tuned_weights
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest, Metrics
 from tasks.reporting import core_logs_to_run_log
 from tasks.retry import retry_unless_expected

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.export import export_model, verification_clips
+from deepspeech_core.export.export_model import export_model, verification_clips
 from deepspeech_core.manifests import (
     CorpusManifest,
     EvaluationManifest,

@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 from deepspeech_core import stopping
-from deepspeech_core.augmentation import split_specs
 from deepspeech_core.config import ExecutionConfig, PipelineConfig
-from deepspeech_core.feature_cache import ShardJob, ShardResult, build_feature_cache, build_shard
+from deepspeech_core.features.augmentation import split_specs
+from deepspeech_core.features.cache import ShardJob, ShardResult, build_feature_cache, build_shard
 from deepspeech_core.manifests import CorpusManifest, FeatureCacheManifest
 from tasks.reporting import core_logs_to_run_log
 from tasks.retry import retry_unless_expected

@@ -15,10 +15,10 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.gpu_monitor import GpuSummary
 from deepspeech_core.manifests import FeatureCacheManifest, TrainedModelManifest
-from deepspeech_core.plots import plot_loss
-from deepspeech_core.training import Progress, train
+from deepspeech_core.train.gpu_monitor import GpuSummary
+from deepspeech_core.train.loop import Progress, train
+from deepspeech_core.train.loss_curve import plot_loss
 from tasks.reporting import core_logs_to_run_log
 from tasks.retry import retry_unless_expected
 

@@ -14,9 +14,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from deepspeech_core import lm_tuning
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.lm_tuning import TrialResult, TuningResult
+from deepspeech_core.evaluate import lm_tuning
+from deepspeech_core.evaluate.lm_tuning import TrialResult, TuningResult
 from deepspeech_core.manifests import FeatureCacheManifest
 from tasks.reporting import core_logs_to_run_log
 

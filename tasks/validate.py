@@ -9,9 +9,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from deepspeech_core.config import PipelineConfig
-from deepspeech_core.corpus import REASONS, validate_corpus
+from deepspeech_core.data.validation import REASONS, validate_corpus
 from deepspeech_core.manifests import CorpusManifest
-from deepspeech_core.training_runs import alphabet_for
+from deepspeech_core.train.trainings import alphabet_for
 from tasks.reporting import core_logs_to_run_log
 from tasks.retry import retry_unless_expected
 

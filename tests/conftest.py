@@ -24,7 +24,7 @@ def tiny_cv(tmp_path_factory) -> Path:
         pytest.skip(
             "espeak-ng and sox are needed to make the test corpus (make setup installs them)"
         )
-    from deepspeech_core.demo_corpus import make_demo_corpus
+    from deepspeech_core.data.demo_corpus import make_demo_corpus
 
     return make_demo_corpus(tmp_path_factory.mktemp("cv"), count=40, seed=3)
 
@@ -32,9 +32,9 @@ def tiny_cv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, tiny_cv):
     """Validate, featurise and train a tiny model once for the evaluation/export tests."""
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.training import train
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.train.loop import train
 
     cfg = tiny_config(tmp_path_factory.mktemp("work"), tiny_cv)
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
@@ -52,10 +52,10 @@ def speaking_model(tmp_path_factory):
     """
     if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
         pytest.skip("espeak-ng and sox are needed to make the test corpus (make setup)")
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.demo_corpus import make_demo_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.training import train
+    from deepspeech_core.data.demo_corpus import make_demo_corpus
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.train.loop import train
 
     cv = make_demo_corpus(tmp_path_factory.mktemp("cv120"), count=120, seed=3)
     cfg = tiny_config(

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.text import normalize_sentence
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.data.sentences import normalize_sentence
 
 pytestmark = pytest.mark.unit  # `make test-fast`
 

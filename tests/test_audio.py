@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from deepspeech_core.audio import AudioError, is_model_ready_wav, read_audio, write_wav
+from deepspeech_core.data.audio_files import AudioError, is_model_ready_wav, read_audio, write_wav
 
 
 def _tone(rate: int, seconds: float, channels: int = 1) -> np.ndarray:

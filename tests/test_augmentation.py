@@ -1,16 +1,16 @@
 import numpy as np
 import pytest
 
-from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.augmentation import (
+from deepspeech_core.config import TrainingConfig
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.features.augmentation import (
     AugmentationError,
     AugmentationPlan,
     augment_clip,
     parse_augmentation,
     parse_value,
 )
-from deepspeech_core.config import TrainingConfig
-from deepspeech_core.dataset import SplitIndex, batch_plan, load_batch
+from deepspeech_core.features.batches import SplitIndex, batch_plan, load_batch
 
 
 def _features(frames=100, n=26, seed=0):
@@ -132,7 +132,7 @@ def _speechlike(seconds=1.0, rate=16000, seed=0):
 
 
 def _run_sample(spec, pcm, seed=0):
-    from deepspeech_core.augmentation import augment_audio
+    from deepspeech_core.features.augmentation import augment_audio
 
     out, changed = augment_audio(
         pcm, [parse_augmentation(spec)], 16000, np.random.default_rng(seed)
@@ -195,7 +195,7 @@ def test_overlay_mixes_noise_at_the_requested_snr(tmp_path):
 
 
 def test_sample_augmentation_makes_a_separate_augmented_copy(trained):
-    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.features.cache import build_feature_cache
 
     cfg, corpus, plain, _ = trained
     specs = ["resample[p=1,rate=4000]", "volume[p=1,dbfs=10]"]
@@ -227,7 +227,7 @@ def test_sample_augmentation_makes_a_separate_augmented_copy(trained):
 
 
 def test_sample_augmented_copies_are_reproducible_by_seed(trained, tmp_path):
-    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.features.cache import build_feature_cache
 
     cfg, corpus, _, _ = trained
     specs = ["reverb[p=0.5,delay=10:30,decay=6~2]", "codec[p=0.5,bitrate=8000]"]

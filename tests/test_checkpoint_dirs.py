@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deepspeech_core.checkpoints import load_model
 from deepspeech_core.error_kinds import ErrorKind
-from deepspeech_core.training_runs import (
+from deepspeech_core.model.checkpoints import load_model
+from deepspeech_core.train.trainings import (
     NoTrainedModelError,
     checkpoint_dir_for,
     resolve_trained,

@@ -7,13 +7,13 @@ import pytest
 import soundfile
 
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import (
+from deepspeech_core.data.validation import (
     REJECTED_COLUMNS,
     CorpusError,
     validate_corpus,
 )
-from deepspeech_core.frames import ctc_required_frames, feature_frames
-from deepspeech_core.io_utils import file_sha256
+from deepspeech_core.features.frame_counts import ctc_required_frames, feature_frames
+from deepspeech_core.workdir.atomic_files import file_sha256
 from tests.helpers import SHARED_FSDD
 
 FEATURES = FeatureConfig()

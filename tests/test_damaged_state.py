@@ -13,15 +13,16 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from deepspeech_core import export_store, io_utils
-from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.checkpoints import CheckpointError, load_model
 from deepspeech_core.config import TrainingConfig
-from deepspeech_core.corpus import validate_corpus
-from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.feature_cache import build_feature_cache
-from deepspeech_core.training import train
-from deepspeech_core.training_state import CheckpointSaver, CheckpointStateError
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.data.validation import validate_corpus
+from deepspeech_core.export import store
+from deepspeech_core.features.batches import SplitIndex
+from deepspeech_core.features.cache import build_feature_cache
+from deepspeech_core.model.checkpoints import CheckpointError, load_model
+from deepspeech_core.train.loop import train
+from deepspeech_core.train.state import CheckpointSaver, CheckpointStateError
+from deepspeech_core.workdir import atomic_files
 from tests.helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,20 +132,20 @@ def test_state_files_are_synced_before_they_count(tmp_path, monkeypatch):
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr(io_utils.os, "fsync", fsync)
+    monkeypatch.setattr(atomic_files.os, "fsync", fsync)
     target = tmp_path / "d" / "manifest.json"
-    io_utils.atomic_write_json(target, {"a": 1})
+    atomic_files.atomic_write_json(target, {"a": 1})
     assert len(synced) == 2
     assert Path(synced[0]).name.startswith(".manifest.json.")
     assert synced[1] == str(target.parent)
 
     synced.clear()
-    staging, name = export_store.new_staging(tmp_path / "export")
+    staging, name = store.new_staging(tmp_path / "export")
     (staging / "saved_model").mkdir()
     (staging / "saved_model" / "saved_model.pb").write_bytes(b"x")
     (staging / "metadata.json").write_text("{}")
-    version = export_store.commit(staging, name)
-    export_store.promote(tmp_path / "export", version)
+    version = store.commit(staging, name)
+    store.promote(tmp_path / "export", version)
     moved = [s.replace(str(staging), str(version)) for s in synced]
     for path in ("saved_model/saved_model.pb", "metadata.json", "saved_model", ""):
         assert str(version / path).rstrip("/") in moved, path
@@ -167,10 +168,10 @@ def test_state_files_are_synced_before_they_count(tmp_path, monkeypatch):
 KILL_IN_SAVE = """
 import glob, os, signal, sys
 from pathlib import Path
-from deepspeech_core import training_state
+from deepspeech_core.train import state as training_state
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.manifests import FeatureCacheManifest
-from deepspeech_core.training import train
+from deepspeech_core.train.loop import train
 
 manifest, model, training, ckpt, kill_step, mode = sys.argv[1:]
 save = training_state.CheckpointSaver.save

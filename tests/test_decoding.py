@@ -6,17 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.config import DecoderConfig
-from deepspeech_core.decoding import (
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.evaluate.arpa_lm import build_arpa, write_arpa
+from deepspeech_core.evaluate.decoders import (
     BeamSearchDecoder,
     DecoderError,
     GreedyDecoder,
     LMBeamSearchDecoder,
     make_decoder,
 )
-from deepspeech_core.evaluation import evaluate
-from deepspeech_core.language_model import build_arpa, write_arpa
+from deepspeech_core.evaluate.evaluation import evaluate
 
 ALPHABET = Alphabet(" abc")
 
@@ -196,9 +196,9 @@ def test_lm_beam_search_writes_only_vocabulary_words(tmp_path):
 
 def test_parallel_decoding_matches_one_process(speaking_model, tmp_path):
     """Worker processes (each with its own copy of the decoder) give the same texts."""
-    from deepspeech_core.checkpoints import load_model
-    from deepspeech_core.dataset import SplitIndex
-    from deepspeech_core.evaluation import decode_split
+    from deepspeech_core.evaluate.evaluation import decode_split
+    from deepspeech_core.features.batches import SplitIndex
+    from deepspeech_core.model.checkpoints import load_model
 
     cfg, corpus, features, _ = speaking_model
     model, spec, _ = load_model(cfg.checkpoint_dir)

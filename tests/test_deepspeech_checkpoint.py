@@ -14,22 +14,22 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.audio import read_audio
-from deepspeech_core.checkpoints import (
+from deepspeech_core.config import FeatureConfig, ModelConfig
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.data.audio_files import read_audio
+from deepspeech_core.features.mfcc import audio_to_mfccs
+from deepspeech_core.model.checkpoints import (
     CheckpointError,
     ModelSpec,
     load_model,
     transfer_weights,
 )
-from deepspeech_core.config import FeatureConfig, ModelConfig
-from deepspeech_core.deepspeech_checkpoint import (
+from deepspeech_core.model.deepspeech_checkpoint import (
     CUDNN_COMPATIBLE_CELL,
     FUSED_CELL,
     OPAQUE_KERNEL,
     is_deepspeech_checkpoint,
 )
-from deepspeech_core.features import audio_to_mfccs
 
 ENGLISH = Alphabet(" abcdefghijklmnopqrstuvwxyz'")  # DeepSpeech's data/alphabet.txt
 N_HIDDEN = 24
@@ -208,7 +208,7 @@ def test_opaque_cudnn_checkpoint_is_refused_with_how_to_convert(tmp_path):
 
 def test_fine_tuning_validates_against_the_checkpoint_alphabet(tmp_path):
     from deepspeech_core.config import PipelineConfig
-    from deepspeech_core.training_runs import alphabet_for
+    from deepspeech_core.train.trainings import alphabet_for
 
     directory = tmp_path / "deepspeech-0.9.3-checkpoint"
     directory.mkdir()
@@ -226,11 +226,11 @@ def test_fine_tuning_validates_against_the_checkpoint_alphabet(tmp_path):
 def test_evaluate_reads_a_deepspeech_checkpoint_and_training_never_writes_into_it(
     tmp_path, tiny_cv
 ):
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.evaluation import evaluate
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.training import train
-    from deepspeech_core.training_runs import has_trained_model
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.evaluate.evaluation import evaluate
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.train.loop import train
+    from deepspeech_core.train.trainings import has_trained_model
     from tests.helpers import tiny_config
 
     values = deepspeech_variables(np.random.default_rng(9), ENGLISH.n_classes, FUSED_CELL)
@@ -250,9 +250,9 @@ def test_evaluate_reads_a_deepspeech_checkpoint_and_training_never_writes_into_i
 
 def test_training_starts_from_a_deepspeech_checkpoint(tmp_path, tiny_cv):
     """--load_checkpoint_dir with DeepSpeech's checkpoint: every layer, a fresh Adam."""
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.training import train
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.train.loop import train
     from tests.helpers import tiny_config
 
     values = deepspeech_variables(np.random.default_rng(10), ENGLISH.n_classes, FUSED_CELL)

@@ -17,16 +17,15 @@ import soundfile
 import tensorflow as tf
 from typer.testing import CliRunner
 
-from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import ExportConfig
-from deepspeech_core.deepspeech_client import (
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.export.deepspeech_client import (
     ClientError,
     ClientUnavailableError,
     fetch_library,
     run_client,
 )
-from deepspeech_core.deepspeech_export import (
+from deepspeech_core.export.deepspeech_graphs import (
     GRAPH_VERSION,
     PB_FILE,
     QUANT_FILE,
@@ -41,7 +40,8 @@ from deepspeech_core.deepspeech_export import (
     read_deepspeech_metadata,
     serialize_alphabet,
 )
-from deepspeech_core.export import export_model, verification_clips
+from deepspeech_core.export.export_model import export_model, verification_clips
+from deepspeech_core.model.checkpoints import load_model
 
 BUILD = {TFLITE_FILE: "tflite", QUANT_FILE: "tflite", PB_FILE: "tensorflow"}
 
@@ -182,8 +182,8 @@ def test_tflite_client_transcribes_as_our_model_on_its_frames(clients, exported)
     the tail of that window instead of zeros (copy_vector_to_tensor), which no graph can
     tell apart; on these clips `transcribe` itself agrees on 10 of 12 (docs/PERFORMANCE.md)."""
     from deepspeech_core.config import DecoderConfig
-    from deepspeech_core.features import MfccExtractor
-    from deepspeech_core.transcriber import Transcriber
+    from deepspeech_core.export.transcriber import Transcriber
+    from deepspeech_core.features.mfcc import MfccExtractor
 
     manifest, wavs = exported
     run = run_client("tflite", manifest.export_dir / TFLITE_FILE, wavs, beam_width=500)
@@ -236,9 +236,9 @@ def test_transcribe_backend_deepspeech_runs_the_client(clients, exported):
 def test_client_backends_keep_the_files_beam_width_unless_given(tmp_path, monkeypatch):
     """`transcribe --backend deepspeech` without --beam_width decodes with the width the
     file carries (metadata_beam_width, 500), as an app that sets none; with it, that one."""
-    from deepspeech_core import transcriber
     from deepspeech_core.config import FeatureConfig
-    from deepspeech_core.deepspeech_client import ClientRun
+    from deepspeech_core.export import transcriber
+    from deepspeech_core.export.deepspeech_client import ClientRun
     from deepspeech_flow.cli import app
 
     metadata = {"features": FeatureConfig().model_dump(mode="json"), "alphabet": list(" ab")}

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deepspeech_core import export_store
 from deepspeech_core.config import DecoderConfig, ExportConfig
-from deepspeech_core.corpus import validate_corpus
-from deepspeech_core.evaluation import SampleResult, evaluate
-from deepspeech_core.export import export_model, verification_clips
-from deepspeech_core.feature_cache import build_feature_cache
-from deepspeech_core.language_model import write_arpa
-from deepspeech_core.metrics import corpus_error_rates
-from deepspeech_core.transcriber import Transcriber
+from deepspeech_core.data.validation import validate_corpus
+from deepspeech_core.evaluate.arpa_lm import write_arpa
+from deepspeech_core.evaluate.error_rates import corpus_error_rates
+from deepspeech_core.evaluate.evaluation import SampleResult, evaluate
+from deepspeech_core.export import store
+from deepspeech_core.export.export_model import export_model, verification_clips
+from deepspeech_core.export.transcriber import Transcriber
+from deepspeech_core.features.cache import build_feature_cache
 from tasks.evaluate import evaluation_markdown
 from tests.helpers import sigkill_when
 
@@ -116,7 +116,7 @@ def test_export_layout_metadata_and_model_card(exported, evaluated):
     root, manifest = exported
     _, corpus, _, evaluation = evaluated
     assert manifest.version == "v1"
-    assert export_store.current(root) == manifest.export_dir
+    assert store.current(root) == manifest.export_dir
     version = manifest.export_dir
     for name in ("saved_model", "model.tflite", "model.quant.tflite", "checkpoint"):
         assert (version / name).exists(), name
@@ -204,7 +204,7 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     kept = export_model(cfg.checkpoint_dir, root, no_tflite, evaluation, promote=False)
     assert (first.version, kept.version) == ("v1", "v2")
     assert not kept.promoted
-    assert export_store.current(root) == first.export_dir
+    assert store.current(root) == first.export_dir
     assert first.export_dir.stat().st_mode & 0o777 == 0o755, "readable by those who serve it"
     before = {p.name: p.stat().st_mtime_ns for p in first.export_dir.rglob("*")}
 
@@ -212,7 +212,7 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     script = textwrap.dedent(
         f"""
         from deepspeech_core.config import ExportConfig
-        from deepspeech_core.export import export_model, verification_clips
+        from deepspeech_core.export.export_model import export_model, verification_clips
         export_model({str(cfg.checkpoint_dir)!r}, {str(root)!r}, ExportConfig(export_tflite=False))
         """
     )
@@ -223,14 +223,14 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
         timeout=120,
         what="the export",
     )
-    assert export_store.current(root) == first.export_dir, "current did not move"
-    assert [v.name for v in export_store.versions(root)] == ["v1", "v2"], "no half v3"
+    assert store.current(root) == first.export_dir, "current did not move"
+    assert [v.name for v in store.versions(root)] == ["v1", "v2"], "no half v3"
     assert {p.name: p.stat().st_mtime_ns for p in first.export_dir.rglob("*")} == before
     assert Transcriber(root).metadata["checkpoint"] == str(evaluation.checkpoint)
 
     third = export_model(cfg.checkpoint_dir, root, no_tflite, evaluation)
     assert third.version == "v3"
-    assert export_store.current(root) == third.export_dir
+    assert store.current(root) == third.export_dir
     assert not list(root.glob(".*staging*")), "the next export cleans what was left"
 
     # promotion by hand, e.g. of the unpromoted v2
@@ -239,10 +239,10 @@ def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
     result = CliRunner().invoke(app, ["promote", "v2", "--export_dir", str(root)])
     assert result.exit_code == 0, result.output
     assert "(was v3)" in result.output
-    assert export_store.current(root).name == "v2"
+    assert store.current(root).name == "v2"
     bad = CliRunner().invoke(app, ["promote", "v9", "--export_dir", str(root)])
     assert bad.exit_code != 0
-    assert export_store.current(root).name == "v2"
+    assert store.current(root).name == "v2"
 
 
 def test_transcribe_command(exported, evaluated, speaking_model, tmp_path):

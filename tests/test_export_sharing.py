@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from deepspeech_core import export_store
 from deepspeech_core.config import ExportConfig
-from deepspeech_core.io_utils import atomic_path, atomic_write_text
-from deepspeech_core.locking import LockedError
+from deepspeech_core.export import store
+from deepspeech_core.workdir.atomic_files import atomic_path, atomic_write_text
+from deepspeech_core.workdir.locking import LockedError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_EXPORT = """
 import sys, time
 from pathlib import Path
-from deepspeech_core import export_store
-from deepspeech_core.locking import export_lock
+from deepspeech_core.export import store as export_store
+from deepspeech_core.workdir.locking import export_lock
 root = Path(sys.argv[1])
 with export_lock(root):
     export_store.clean_stale_staging(root)
@@ -69,7 +69,7 @@ def test_atomically_written_files_follow_the_umask(tmp_path, mask):
 
 
 def test_every_exported_file_and_directory_follows_the_umask(trained, tmp_path):
-    from deepspeech_core.export import export_model
+    from deepspeech_core.export.export_model import export_model
 
     cfg = trained[0]
     with umask(0o027):
@@ -86,7 +86,7 @@ def test_every_exported_file_and_directory_follows_the_umask(trained, tmp_path):
 
 def test_two_exports_into_one_directory_take_turns(trained, tmp_path):
     """Before: the second export deleted the first one's staging as stale and took its version."""
-    from deepspeech_core.export import export_model
+    from deepspeech_core.export.export_model import export_model
 
     cfg = trained[0]
     root = tmp_path / "export"
@@ -96,7 +96,7 @@ def test_two_exports_into_one_directory_take_turns(trained, tmp_path):
     assert first.communicate(timeout=60)[0].strip() == "intact"
     assert first.returncode == 0
     assert second.version == "v2"
-    assert [v.name for v in export_store.versions(root)] == ["v1", "v2"]
+    assert [v.name for v in store.versions(root)] == ["v1", "v2"]
     assert not list(root.glob(".*staging*"))
 
 
@@ -107,12 +107,12 @@ def test_promote_takes_the_export_lock(tmp_path):
     assert name == "v2"
     try:
         with pytest.raises(LockedError, match="in use by another export"):
-            export_store.promote_version(root, "v1", wait=0)
+            store.promote_version(root, "v1", wait=0)
         started = time.monotonic()
-        version, before = export_store.promote_version(root, "v1")  # waits for the export
+        version, before = store.promote_version(root, "v1")  # waits for the export
         assert time.monotonic() - started > 0.5
         assert (version.name, before) == ("v1", None)
-        assert export_store.current(root) == root / "v1"
+        assert store.current(root) == root / "v1"
     finally:
         running.communicate(timeout=60)
-    assert [v.name for v in export_store.versions(root)] == ["v1", "v2"]
+    assert [v.name for v in store.versions(root)] == ["v1", "v2"]

@@ -12,16 +12,20 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from deepspeech_core.checkpoints import ModelSpec, load_model, save_inference_checkpoint
 from deepspeech_core.config import EvaluationConfig, ExportConfig
-from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.deepspeech_client import ClientUnavailableError, fetch_library, run_client
-from deepspeech_core.deepspeech_export import PB_FILE, TFLITE_FILE
-from deepspeech_core.evaluation import evaluate
-from deepspeech_core.export import export_model, verification_clips
-from deepspeech_core.model import feature_statistics, set_feature_statistics
-from deepspeech_core.normalization import training_statistics
-from deepspeech_core.training import train
+from deepspeech_core.evaluate.evaluation import evaluate
+from deepspeech_core.export.deepspeech_client import (
+    ClientUnavailableError,
+    fetch_library,
+    run_client,
+)
+from deepspeech_core.export.deepspeech_graphs import PB_FILE, TFLITE_FILE
+from deepspeech_core.export.export_model import export_model, verification_clips
+from deepspeech_core.features.batches import SplitIndex
+from deepspeech_core.features.normalization import training_statistics
+from deepspeech_core.model.checkpoints import ModelSpec, load_model, save_inference_checkpoint
+from deepspeech_core.model.network import feature_statistics, set_feature_statistics
+from deepspeech_core.train.loop import train
 
 
 def _train(trained, checkpoint_dir, features=None, **training):
@@ -33,7 +37,7 @@ def _train(trained, checkpoint_dir, features=None, **training):
 
 
 def _index(features, split: str) -> SplitIndex:
-    from deepspeech_core.alphabet import Alphabet
+    from deepspeech_core.data.alphabet import Alphabet
 
     return SplitIndex.load(features.indexes[split], Alphabet.load(features.alphabet_path))
 
@@ -68,7 +72,7 @@ def test_statistics_come_from_training_and_survive_resume_and_warm_start(trained
 
     # A normalising source cannot seed a model that would feed it raw features.
     cfg = trained[0]
-    from deepspeech_core.checkpoints import CheckpointError
+    from deepspeech_core.model.checkpoints import CheckpointError
 
     with pytest.raises(CheckpointError, match="--feature_norm"):
         train(
@@ -163,8 +167,8 @@ def test_deepspeech_client_runs_the_normalisation(twin_export, name):
         fetch_library(build)
     except ClientUnavailableError as exc:
         pytest.skip(f"libdeepspeech 0.9.3 is not available: {exc}")
-    from deepspeech_core.decoding import BeamSearchDecoder
-    from deepspeech_core.features import MfccExtractor
+    from deepspeech_core.evaluate.decoders import BeamSearchDecoder
+    from deepspeech_core.features.mfcc import MfccExtractor
 
     model, spec, manifest, cfg, _, _ = twin_export
     test_csv = cfg.workdir / "corpus" / "test.csv"

@@ -2,14 +2,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.audio import read_wav_int16
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
-from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.feature_cache import build_feature_cache
-from deepspeech_core.features import MfccExtractor, context_windows
-from deepspeech_core.frames import feature_frames
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.data.audio_files import read_wav_int16
+from deepspeech_core.data.validation import validate_corpus
+from deepspeech_core.features.batches import SplitIndex
+from deepspeech_core.features.cache import build_feature_cache
+from deepspeech_core.features.frame_counts import feature_frames
+from deepspeech_core.features.mfcc import MfccExtractor, context_windows
 from tests.helpers import sigkill_when
 
 
@@ -42,7 +42,7 @@ def _deepspeech_overlapping_windows(batch_x: tf.Tensor, n_context: int) -> np.nd
 def test_mfccs_equal_deepspeech_raw_ops(trained):
     cfg, corpus, _, _ = trained
     wav = pd.read_csv(corpus.splits["test"]).wav_filename.iloc[0]
-    from deepspeech_core.audio import read_wav_int16
+    from deepspeech_core.data.audio_files import read_wav_int16
 
     samples, _ = read_wav_int16(wav)
     ours = MfccExtractor(cfg.features)(samples)
@@ -114,8 +114,8 @@ KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
-from deepspeech_core.feature_cache import build_feature_cache
+from deepspeech_core.data.validation import validate_corpus
+from deepspeech_core.features.cache import build_feature_cache
 
 def slow_map(fn, jobs):  # a shard, then a pause: time to be killed between shards
     out = []

@@ -89,8 +89,8 @@ def test_rerun_reuses_every_stage(full_run, tiny_cv):
 
 
 def test_evaluate_new_clips_with_a_trained_model(full_run, tmp_path):
-    from deepspeech_core.demo_corpus import make_demo_corpus
-    from deepspeech_core.text import normalize_sentence
+    from deepspeech_core.data.demo_corpus import make_demo_corpus
+    from deepspeech_core.data.sentences import normalize_sentence
 
     workdir, _ = full_run
     fresh = make_demo_corpus(tmp_path / "fresh", count=5, seed=99)

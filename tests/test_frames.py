@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from deepspeech_core.config import FeatureConfig
-from deepspeech_core.frames import ctc_required_frames, feature_frames
+from deepspeech_core.features.frame_counts import ctc_required_frames, feature_frames
 
 pytestmark = pytest.mark.unit  # `make test-fast`
 
 
 def test_batched_mfccs_are_cut_by_the_same_formula_as_validation_counts():
-    from deepspeech_core.features import MfccExtractor
+    from deepspeech_core.features.mfcc import MfccExtractor
 
     features = FeatureConfig()
     rng = np.random.default_rng(0)
@@ -35,7 +35,7 @@ def test_ctc_needs_a_blank_between_repeated_labels():
 def test_the_last_frame_is_the_one_deepspeechs_client_computes():
     """libdeepspeech's finalizeStream takes the MFCCs of the 192-511 samples left after
     the last full window, zero-padded to a window (its TensorFlow build); ours too."""
-    from deepspeech_core.features import MfccExtractor, window_mfccs
+    from deepspeech_core.features.mfcc import MfccExtractor, window_mfccs
 
     features = FeatureConfig()
     window, step = features.window_samples, features.step_samples

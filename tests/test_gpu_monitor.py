@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from deepspeech_core.devices import DeviceError
-from deepspeech_core.gpu_monitor import (
+from deepspeech_core.train.devices import DeviceError
+from deepspeech_core.train.gpu_monitor import (
     GpuMonitor,
     check_gpu_agreement,
     read_usage,
@@ -21,7 +21,7 @@ from tests.fake_nvml import FakeGpu, FakeNVML, NVMLError
 
 pytestmark = pytest.mark.unit  # `make test-fast`
 
-LOGGER = "deepspeech_core.gpu_monitor"
+LOGGER = "deepspeech_core.train.gpu_monitor"
 
 
 @pytest.fixture(autouse=True)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepspeech_core.checkpoints import load_model
-from deepspeech_core.devices import DeviceError
-from deepspeech_core.gpu_monitor import read_usage
-from deepspeech_core.training import train
+from deepspeech_core.model.checkpoints import load_model
+from deepspeech_core.train.devices import DeviceError
+from deepspeech_core.train.gpu_monitor import read_usage
+from deepspeech_core.train.loop import train
 from tests.fake_nvml import FakeGpu, FakeNVML
 from tests.helpers import tiny_config
 
-MONITOR_LOGGER = "deepspeech_core.gpu_monitor"
+MONITOR_LOGGER = "deepspeech_core.train.gpu_monitor"
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +33,8 @@ FAST = {"gpu_monitor_interval": 0.002, "gpu_idle_window": 0.05}
 @pytest.fixture(scope="module")
 def tiny_features(tiny_cv, tmp_path_factory):
     """The tiny corpus validated and featurised once for this module's trainings."""
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
 
     cfg = tiny_config(tmp_path_factory.mktemp("gpu-work"), tiny_cv)
     corpus = validate_corpus(cfg.corpus, cfg.features, cfg.workdir)
@@ -77,7 +77,7 @@ def test_monitor_shows_in_the_run_and_leaves_the_weights_bit_equal(
     tiny_features, weights_without_monitor, tmp_path, caplog
 ):
     from deepspeech_core.config import ExportConfig
-    from deepspeech_core.export import export_model
+    from deepspeech_core.export.export_model import export_model
 
     seen = []
     busy = FakeGpu(utilization=[97.0], memory_used_gb=[31.2])

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepspeech_core import audio_import
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.data import audio_import
+from deepspeech_core.data.validation import validate_corpus
 
 FEATURES = FeatureConfig()
 

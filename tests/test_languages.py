@@ -8,8 +8,8 @@ import unicodedata
 import numpy as np
 import pytest
 
-from deepspeech_core.alphabet import Alphabet, UTF8Alphabet, alphabet_from_record
-from deepspeech_core.text import normalize_sentence
+from deepspeech_core.data.alphabet import Alphabet, UTF8Alphabet, alphabet_from_record
+from deepspeech_core.data.sentences import normalize_sentence
 
 pytestmark = pytest.mark.unit  # `make test-fast`
 
@@ -82,7 +82,7 @@ def test_utf8_alphabet_is_deepspeech_bytes_mode():
 
 
 def test_utf8_alphabet_labels_as_bytes_and_serialisation():
-    from deepspeech_core.deepspeech_export import alphabet_labels, serialize_alphabet
+    from deepspeech_core.export.deepspeech_graphs import alphabet_labels, serialize_alphabet
 
     alphabet = UTF8Alphabet()
     labels = alphabet.labels_as_bytes()
@@ -139,7 +139,7 @@ def _spell(text: str) -> list[dict[int, float]]:
 
 def test_bytes_mode_greedy_and_beam_decode_unicode():
     from deepspeech_core.config import DecoderConfig
-    from deepspeech_core.decoding import GreedyDecoder, make_decoder
+    from deepspeech_core.evaluate.decoders import GreedyDecoder, make_decoder
 
     alphabet = UTF8Alphabet()
     beam = make_decoder(alphabet, DecoderConfig(beam_width=16))
@@ -154,8 +154,8 @@ def test_bytes_mode_greedy_and_beam_decode_unicode():
 
 def test_bytes_mode_beam_search_with_a_word_language_model(tmp_path):
     from deepspeech_core.config import DecoderConfig
-    from deepspeech_core.decoding import LMBeamSearchDecoder, make_decoder
-    from deepspeech_core.language_model import write_arpa
+    from deepspeech_core.evaluate.arpa_lm import write_arpa
+    from deepspeech_core.evaluate.decoders import LMBeamSearchDecoder, make_decoder
 
     alphabet = UTF8Alphabet()
     # "мир мор": the second byte of the vowel is ambiguous, slightly favouring о (0xBE)
@@ -196,7 +196,7 @@ def test_language_flags_fill_the_corpus_config(tmp_path):
     ],
 )
 def test_row_validation_keeps_the_invisibles_that_belong_to_writing(sentence, rejected):
-    from deepspeech_core.corpus import Row, _check_characters
+    from deepspeech_core.data.validation import Row, _check_characters
 
     row = Row("train", "train.tsv", 2, None, sentence, sentence)
     _check_characters(row)

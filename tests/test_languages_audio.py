@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deepspeech_core.alphabet import Alphabet, UTF8Alphabet
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
-from deepspeech_core.language_corpora import LANGUAGES, make_language_corpus
+from deepspeech_core.data.alphabet import Alphabet, UTF8Alphabet
+from deepspeech_core.data.language_corpora import LANGUAGES, make_language_corpus
+from deepspeech_core.data.validation import validate_corpus
 
 pytestmark = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("sox") is None,

@@ -17,17 +17,17 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from deepspeech_core.alphabet import Alphabet, UTF8Alphabet
-from deepspeech_core.audio import read_audio
-from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import DecoderConfig, ExportConfig
-from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.decoding import GreedyDecoder, make_decoder
-from deepspeech_core.deepspeech_client import ClientUnavailableError, fetch_library
-from deepspeech_core.evaluation import decode_split, evaluate
-from deepspeech_core.export import export_model, verification_clips
-from deepspeech_core.metrics import corpus_error_rates
-from deepspeech_core.transcriber import Transcriber
+from deepspeech_core.data.alphabet import Alphabet, UTF8Alphabet
+from deepspeech_core.data.audio_files import read_audio
+from deepspeech_core.evaluate.decoders import GreedyDecoder, make_decoder
+from deepspeech_core.evaluate.error_rates import corpus_error_rates
+from deepspeech_core.evaluate.evaluation import decode_split, evaluate
+from deepspeech_core.export.deepspeech_client import ClientUnavailableError, fetch_library
+from deepspeech_core.export.export_model import export_model, verification_clips
+from deepspeech_core.export.transcriber import Transcriber
+from deepspeech_core.features.batches import SplitIndex
+from deepspeech_core.model.checkpoints import load_model
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.skipif(
@@ -37,10 +37,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def _train(tmp_path_factory, language: str, count: int, epochs: int, **corpus):
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.language_corpora import make_language_corpus
-    from deepspeech_core.training import train
+    from deepspeech_core.data.language_corpora import make_language_corpus
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.train.loop import train
 
     cv = make_language_corpus(
         tmp_path_factory.mktemp(language),
@@ -170,8 +170,8 @@ def test_transfer_from_a_character_model_into_bytes_output_mode(russian, mandari
     """--load_checkpoint_dir with --drop_source_layers 1: a new output layer of 256 bytes."""
     import numpy as np
 
-    from deepspeech_core.checkpoints import CheckpointError
-    from deepspeech_core.training import train
+    from deepspeech_core.model.checkpoints import CheckpointError
+    from deepspeech_core.train.loop import train
 
     source_cfg = russian[0]
     cfg, _, features, _ = mandarin_bytes

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from deepspeech_core.locking import (
+from deepspeech_core.workdir.locking import (
     LockedError,
     export_lock,
     training_lock,
@@ -34,7 +34,7 @@ TAKE = {"workdir_lock": workdir_lock, "training_lock": training_lock, "export_lo
 HOLD = """
 import json, os, socket, sys, time
 from pathlib import Path
-from deepspeech_core import locking
+from deepspeech_core.workdir import locking
 lock = getattr(locking, sys.argv[1])
 try:
     with lock(Path(sys.argv[2])):
@@ -49,7 +49,7 @@ except locking.LockedError as exc:
 RACE = """
 import sys, time
 from pathlib import Path
-from deepspeech_core import locking
+from deepspeech_core.workdir import locking
 lock = getattr(locking, sys.argv[1])
 Path(sys.argv[3]).touch()
 while not Path(sys.argv[4]).exists():
@@ -220,7 +220,7 @@ def test_looking_at_the_holder_never_refuses_a_start(tmp_path):
         _python(
             "import sys, time\n"
             "from pathlib import Path\n"
-            "from deepspeech_core.locking import workdir_holder\n"
+            "from deepspeech_core.workdir.locking import workdir_holder\n"
             "end = time.monotonic() + 30\n"
             "while time.monotonic() < end: workdir_holder(Path(sys.argv[1]))\n",
             str(tmp_path),

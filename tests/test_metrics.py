@@ -1,6 +1,6 @@
 import pytest
 
-from deepspeech_core.metrics import corpus_error_rates, error_counts
+from deepspeech_core.evaluate.error_rates import corpus_error_rates, error_counts
 
 pytestmark = pytest.mark.unit  # `make test-fast`
 

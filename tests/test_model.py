@@ -2,7 +2,7 @@ import keras
 import numpy as np
 
 from deepspeech_core.config import FeatureConfig, ModelConfig
-from deepspeech_core.model import create_model, rng_variables
+from deepspeech_core.model.network import create_model, rng_variables
 
 
 def test_full_size_parameter_count():
@@ -75,7 +75,7 @@ def test_cpu_lstm_matches_keras_lstm_and_shares_checkpoints():
 def test_a_visible_gpu_selects_the_cudnn_lstm(monkeypatch):
     import tensorflow as tf
 
-    from deepspeech_core import model as model_module
+    from deepspeech_core.model import network as model_module
 
     fake_gpu = tf.config.LogicalDevice("/device:GPU:0", "GPU")
     monkeypatch.setattr(

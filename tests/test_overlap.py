@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.data.validation import validate_corpus
 from deepspeech_core.error_kinds import ErrorKind
-from deepspeech_core.overlap import OverlapError, check_inputs_outside_outputs
+from deepspeech_core.workdir.input_overlap import OverlapError, check_inputs_outside_outputs
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # noqa: F401 - Prefect's logging set up outside CliRunner
 

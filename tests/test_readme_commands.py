@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from deepspeech_core import progress
 from deepspeech_core.error_kinds import ErrorKind
-from deepspeech_core.kenlm_tools import KenLMToolError, find_tool
+from deepspeech_core.evaluate.kenlm_tools import KenLMToolError, find_tool
 from deepspeech_flow.cli import app
 from flows.train_cv import train_cv  # noqa: F401 - Prefect logging set up outside CliRunner
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deepspeech_core import export_store
 from deepspeech_core.config import ExportConfig
-from deepspeech_core.demo_corpus import make_demo_corpus
-from deepspeech_core.export import export_model
-from deepspeech_core.locking import LockedError, workdir_lock
-from deepspeech_core.promotion import decide
+from deepspeech_core.data.demo_corpus import make_demo_corpus
+from deepspeech_core.export import store
+from deepspeech_core.export.export_model import export_model
+from deepspeech_core.export.promotion import decide
+from deepspeech_core.workdir.locking import LockedError, workdir_lock
 from flows.train_cv import train_cv
 from tests.helpers import tiny_config
 
@@ -55,7 +55,7 @@ def test_retraining_warm_starts_and_promotes_only_a_model_that_is_no_worse(
     assert warm.evaluation.wer < 1.0, "a warm start, not a 1-epoch model from scratch"
     assert warm.export.promoted
     assert warm.export.version == "v2"
-    assert export_store.current(workdir / "export").name == "v2"
+    assert store.current(workdir / "export").name == "v2"
 
     # 2. the corpus grows; a run from scratch imports/featurises only the new clips and
     #    trains a much worse model (1 epoch): it is exported but not promoted.
@@ -68,7 +68,7 @@ def test_retraining_warm_starts_and_promotes_only_a_model_that_is_no_worse(
     assert not scratch.export.promoted
     assert scratch.export.version == "v3"
     assert "worse than the current model's" in scratch.export.promotion_reason
-    assert export_store.current(workdir / "export").name == "v2"
+    assert store.current(workdir / "export").name == "v2"
     assert (workdir / "export" / "v3" / "saved_model").is_dir(), "kept beside it"
 
     with get_client(sync_client=True) as client:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from deepspeech_core import export_store
 from deepspeech_core.config import STAGES, PipelineConfig, runs_stage
+from deepspeech_core.export import store
+from deepspeech_core.export.promotion import is_already_current
 from deepspeech_core.manifests import EvaluationManifest, FeatureCacheManifest
-from deepspeech_core.promotion import is_already_current
-from deepspeech_core.training_runs import (
+from deepspeech_core.train.trainings import (
     NoTrainedModelError,
     alphabet_for,
     checkpoint_dir_for,
@@ -65,7 +65,7 @@ def _export(config: PipelineConfig, checkpoint: str) -> Path:
     (version / "checkpoint").mkdir(parents=True)
     (version / "metadata.json").write_text(json.dumps({"checkpoint": checkpoint}))
     (version / "alphabet.txt").write_text("a\n")
-    export_store.promote(config.export_dir, version)
+    store.promote(config.export_dir, version)
     return version
 
 
@@ -173,7 +173,7 @@ def test_the_alphabet_of_the_model_a_run_continues(tmp_path):
 
 def test_the_run_decisions_import_no_prefect():
     code = (
-        "import sys, deepspeech_core.training_runs, deepspeech_core.promotion\n"
+        "import sys, deepspeech_core.train.trainings, deepspeech_core.export.promotion\n"
         "assert 'prefect' not in sys.modules, sorted(m for m in sys.modules if 'prefect' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -15,22 +15,22 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from deepspeech_core.checkpoints import load_model
 from deepspeech_core.config import DecoderConfig, ExportConfig
-from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.decoding import make_decoder
-from deepspeech_core.deepspeech_client import (
+from deepspeech_core.evaluate.decoders import make_decoder
+from deepspeech_core.evaluate.error_rates import corpus_error_rates
+from deepspeech_core.evaluate.evaluation import decode_split
+from deepspeech_core.evaluate.kenlm_tools import KenLMToolError, find_tool
+from deepspeech_core.evaluate.scorer_package import read_scorer
+from deepspeech_core.export.deepspeech_client import (
     ClientError,
     ClientUnavailableError,
     fetch_library,
     run_client,
 )
-from deepspeech_core.deepspeech_export import PB_FILE, TFLITE_FILE
-from deepspeech_core.evaluation import decode_split
-from deepspeech_core.export import export_model, verification_clips
-from deepspeech_core.kenlm_tools import KenLMToolError, find_tool
-from deepspeech_core.metrics import corpus_error_rates
-from deepspeech_core.scorer_package import read_scorer
+from deepspeech_core.export.deepspeech_graphs import PB_FILE, TFLITE_FILE
+from deepspeech_core.export.export_model import export_model, verification_clips
+from deepspeech_core.features.batches import SplitIndex
+from deepspeech_core.model.checkpoints import load_model
 from deepspeech_flow.cli import app
 from tests.helpers import SHARED_FSDD, tiny_config
 
@@ -44,9 +44,9 @@ def fsdd_model(tmp_path_factory):
     """(config, corpus, features) of a model trained four epochs on the FSDD corpus."""
     if not SHARED_FSDD.is_dir():
         pytest.skip(f"the shared FSDD corpus is not at {SHARED_FSDD}")
-    from deepspeech_core.corpus import validate_corpus
-    from deepspeech_core.feature_cache import build_feature_cache
-    from deepspeech_core.training import train
+    from deepspeech_core.data.validation import validate_corpus
+    from deepspeech_core.features.cache import build_feature_cache
+    from deepspeech_core.train.loop import train
 
     cfg = tiny_config(
         tmp_path_factory.mktemp("fsdd"),

@@ -8,12 +8,12 @@ import struct
 import numpy as np
 import pytest
 
-from deepspeech_core.alphabet import Alphabet
 from deepspeech_core.config import DEEPSPEECH_LM_ALPHA, DecoderConfig
-from deepspeech_core.decoding import LMBeamSearchDecoder, make_decoder
-from deepspeech_core.kenlm_tools import KenLMToolError, arpa_words, find_tool, write_scorer
-from deepspeech_core.language_model import write_arpa
-from deepspeech_core.scorer_package import (
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.evaluate.arpa_lm import write_arpa
+from deepspeech_core.evaluate.decoders import LMBeamSearchDecoder, make_decoder
+from deepspeech_core.evaluate.kenlm_tools import KenLMToolError, arpa_words, find_tool, write_scorer
+from deepspeech_core.evaluate.scorer_package import (
     FST_MAGIC,
     build_trie,
     const_fst_bytes,
@@ -145,7 +145,7 @@ def test_scorer_package_in_the_decoder(tmp_path, build_binary_tool):
 
 
 def test_scorer_built_for_another_alphabet_is_refused(tmp_path, build_binary_tool):
-    from deepspeech_core.decoding import DecoderError
+    from deepspeech_core.evaluate.decoders import DecoderError
 
     arpa = write_arpa(SENTENCES, tmp_path / "lm.arpa", order=2)
     scorer = tmp_path / "lm.scorer"

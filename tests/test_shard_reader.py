@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from deepspeech_core.feature_cache import ShardReader
+from deepspeech_core.features.cache import ShardReader
 
 
 def _shards(root, count: int, rows: int = 50, n_input: int = 26) -> dict[str, np.ndarray]:

@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepspeech_core.augmentation import parse_augmentation
-from deepspeech_core.checkpoints import RECIPE_FILE
 from deepspeech_core.config import RECIPES, ExportConfig, PipelineConfig
-from deepspeech_core.evaluation import evaluate
-from deepspeech_core.export import export_model
-from deepspeech_core.metrics import error_counts
-from deepspeech_core.speakers import clip_speakers
-from deepspeech_core.training import train
+from deepspeech_core.evaluate.error_rates import error_counts
+from deepspeech_core.evaluate.evaluation import evaluate
+from deepspeech_core.evaluate.speakers import clip_speakers
+from deepspeech_core.export.export_model import export_model
+from deepspeech_core.features.augmentation import parse_augmentation
+from deepspeech_core.model.checkpoints import RECIPE_FILE
+from deepspeech_core.train.loop import train
 from deepspeech_flow.config_loading import build_config
 from tasks.evaluate import evaluation_markdown
 
@@ -129,6 +129,6 @@ def test_clips_without_speaker_columns_give_no_groups(tmp_path):
     csv.write_text("wav_filename,wav_filesize,transcript\na.wav,1,a\n")
     who = clip_speakers(["/w/a.wav"], [str(csv)])
     assert who == [{"client_id": "", "gender": "", "age": "", "accent": ""}]
-    from deepspeech_core.speakers import group_by
+    from deepspeech_core.evaluate.speakers import group_by
 
     assert group_by([w["client_id"] for w in who], ["sample"]) == {}

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 import deepspeech_flow.cli as cli
 from deepspeech_core import progress
-from deepspeech_core.augmentation import OnSignal, augment_clip, parse_augmentation
 from deepspeech_core.error_kinds import ErrorKind
-from deepspeech_core.locking import workdir_lock
+from deepspeech_core.features.augmentation import OnSignal, augment_clip, parse_augmentation
+from deepspeech_core.workdir.locking import workdir_lock
 from deepspeech_flow.config_loading import FLAG_FIELDS
 from deepspeech_flow.progress_display import StageBars
 
@@ -265,7 +265,7 @@ def test_deepspeech_augment_examples_work_with_their_semantics():
 def test_expected_errors_are_not_retried_but_crashes_are(prefect_harness):
     from prefect import flow, task
 
-    from deepspeech_core.devices import DeviceError
+    from deepspeech_core.train.devices import DeviceError
     from tasks.retry import retry_unless_expected
 
     attempts: list[str] = []
@@ -291,7 +291,7 @@ def test_expected_errors_are_not_retried_but_crashes_are(prefect_harness):
 def test_prefect_console_log_drops_expected_errors_only():
     import logging
 
-    from deepspeech_core.devices import DeviceError
+    from deepspeech_core.train.devices import DeviceError
     from deepspeech_flow.errors import _HideExpectedTracebacks
 
     def record(exc: Exception | None, message: str) -> logging.LogRecord:
@@ -309,7 +309,7 @@ def _fake_workdir(root: Path) -> Path:
     """A work directory's files as the stages write them (no training needed)."""
     import json
 
-    from deepspeech_core.workdir_status import record_last_run
+    from deepspeech_core.workdir.status import record_last_run
 
     (root / "reports").mkdir(parents=True)
     splits = {
@@ -333,7 +333,7 @@ def _fake_workdir(root: Path) -> Path:
 
 
 def test_status_shows_corpus_trainings_exports_and_last_run(tmp_path):
-    from deepspeech_core.locking import training_lock
+    from deepspeech_core.workdir.locking import training_lock
 
     workdir = _fake_workdir(tmp_path / "w")
     training = workdir / "checkpoints" / "0123456789ab"

@@ -5,10 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deepspeech_core.checkpoints import load_model
-from deepspeech_core.dataset import SplitIndex
-from deepspeech_core.decoding import GreedyDecoder
-from deepspeech_core.tflite_export import (
+from deepspeech_core.evaluate.decoders import GreedyDecoder
+from deepspeech_core.export.streaming_tflite import (
     FP32_FILE,
     FP32_TOLERANCE,
     QUANT_FILE,
@@ -22,6 +20,8 @@ from deepspeech_core.tflite_export import (
     make_interpreter,
     verify_tflite,
 )
+from deepspeech_core.features.batches import SplitIndex
+from deepspeech_core.model.checkpoints import load_model
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from deepspeech_core.checkpoints import CheckpointError, load_model
 from deepspeech_core.config import ModelConfig
-from deepspeech_core.dataset import batch_plan
-from deepspeech_core.training import train
+from deepspeech_core.features.batches import batch_plan
+from deepspeech_core.model.checkpoints import CheckpointError, load_model
+from deepspeech_core.train.loop import train
 
 
 class Interrupt(Exception):
@@ -102,7 +102,7 @@ def test_different_architecture_is_refused(trained):
 
 
 def test_non_finite_batches_are_skipped_then_training_stops(trained, tmp_path, monkeypatch):
-    import deepspeech_core.training as training
+    import deepspeech_core.train.loop as training
 
     cfg, _, features, _ = trained
     real = training.ctc_loss_per_sample

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from deepspeech_core.checkpoints import load_model
-from deepspeech_core.devices import DeviceError, preflight
-from deepspeech_core.locking import LockedError, training_lock
-from deepspeech_core.training import train
-from deepspeech_core.training_state import CheckpointStateError
+from deepspeech_core.model.checkpoints import load_model
+from deepspeech_core.train.devices import DeviceError, preflight
+from deepspeech_core.train.loop import train
+from deepspeech_core.train.state import CheckpointStateError
+from deepspeech_core.workdir.locking import LockedError, training_lock
 from tests.helpers import tensorboard_scalars
 
 
@@ -139,7 +139,7 @@ import os, signal, sys
 from pathlib import Path
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.manifests import FeatureCacheManifest
-from deepspeech_core.training import train
+from deepspeech_core.train.loop import train
 
 if __name__ == "__main__":
     manifest = FeatureCacheManifest.model_validate_json(Path(sys.argv[1]).read_text())
@@ -217,9 +217,9 @@ def test_loss_scaled_step_matches_plain_adam():
     import tensorflow as tf
 
     from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
-    from deepspeech_core.dataset import Batch
-    from deepspeech_core.model import create_model
-    from deepspeech_core.training import make_optimizer, make_train_step
+    from deepspeech_core.features.batches import Batch
+    from deepspeech_core.model.network import create_model
+    from deepspeech_core.train.loop import make_optimizer, make_train_step
 
     rng = np.random.default_rng(0)
     batch = Batch(
@@ -239,8 +239,8 @@ def test_loss_scaled_step_matches_plain_adam():
 
 
 def test_transfer_learning_to_a_new_alphabet(trained, tmp_path):
-    from deepspeech_core.alphabet import Alphabet
-    from deepspeech_core.checkpoints import CheckpointError
+    from deepspeech_core.data.alphabet import Alphabet
+    from deepspeech_core.model.checkpoints import CheckpointError
 
     cfg, _, features, _ = trained
     source = Alphabet.load(features.alphabet_path)
@@ -274,7 +274,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.manifests import FeatureCacheManifest
-from deepspeech_core.training import train
+from deepspeech_core.train.loop import train
 
 if __name__ == "__main__":
     manifest = FeatureCacheManifest.model_validate_json(Path(sys.argv[1]).read_text())
@@ -306,7 +306,7 @@ logging.basicConfig(level=logging.INFO)
 os.environ["TF_CONFIG"] = sys.argv[4]
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig
 from deepspeech_core.manifests import FeatureCacheManifest
-from deepspeech_core.training import train
+from deepspeech_core.train.loop import train
 
 if __name__ == "__main__":
     manifest = FeatureCacheManifest.model_validate_json(Path(sys.argv[1]).read_text())
@@ -394,7 +394,7 @@ def test_checkpoints_every_n_seconds(trained, tmp_path):
 
 
 def test_gpu_visible_but_model_on_cpu_warns(caplog):
-    from deepspeech_core.devices import DeviceReport, warn_if_model_on_cpu
+    from deepspeech_core.train.devices import DeviceReport, warn_if_model_on_cpu
 
     class Var:
         device = "/job:localhost/replica:0/task:0/device:CPU:0"

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deepspeech_core import lm_tuning
-from deepspeech_core.kenlm_tools import KenLMToolError, find_tool
-from deepspeech_core.language_model import write_arpa
-from deepspeech_core.scorer_package import read_scorer
+from deepspeech_core.evaluate import lm_tuning
+from deepspeech_core.evaluate.arpa_lm import write_arpa
+from deepspeech_core.evaluate.kenlm_tools import KenLMToolError, find_tool
+from deepspeech_core.evaluate.scorer_package import read_scorer
 from deepspeech_flow.cli import app
 from flows.tune_lm import tune_lm_flow  # imported (Prefect logging set up) outside CliRunner
 

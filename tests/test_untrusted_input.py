@@ -13,11 +13,11 @@ import pytest
 import soundfile
 from typer.testing import CliRunner
 
-from deepspeech_core import augmentation
-from deepspeech_core.alphabet import Alphabet
-from deepspeech_core.audio import AudioError, read_audio
 from deepspeech_core.config import CorpusConfig, ExportConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.data.audio_files import AudioError, read_audio
+from deepspeech_core.data.validation import validate_corpus
+from deepspeech_core.features import augmentation
 
 FEATURES = FeatureConfig()
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_sox_refuses_names_it_would_run_or_fetch(tmp_path, monkeypatch):
 
 
 def test_transcribe_never_runs_a_file_name(trained, tmp_path, monkeypatch):
-    from deepspeech_core.export import export_model
+    from deepspeech_core.export.export_model import export_model
     from deepspeech_flow.cli import app
 
     cfg, *_ = trained
@@ -229,7 +229,7 @@ MEMORY_SCRIPT = """
 import resource, sys
 from pathlib import Path
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.data.validation import validate_corpus
 # a regression fails here with MemoryError instead of taking the machine's memory
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 cfg = CorpusConfig(train_files=[Path(sys.argv[1])], import_workers=1)

@@ -1,4 +1,4 @@
-"""Bytes output mode decoders keep to valid UTF-8 (deepspeech_core.utf8_decoding)."""
+"""Bytes output mode decoders keep to valid UTF-8 (deepspeech_core.evaluate.utf8_decoders)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
-from deepspeech_core.alphabet import UTF8Alphabet
 from deepspeech_core.config import DecoderConfig
-from deepspeech_core.decoding import GreedyDecoder, make_decoder
-from deepspeech_core.utf8_decoding import (
+from deepspeech_core.data.alphabet import UTF8Alphabet
+from deepspeech_core.evaluate.decoders import GreedyDecoder, make_decoder
+from deepspeech_core.evaluate.utf8_decoders import (
     ACCEPT,
     NEXT_STATE,
     REJECT,

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import REASONS, validate_corpus
+from deepspeech_core.data.validation import REASONS, validate_corpus
 from tests.helpers import sigkill_when
 
 FEATURES = FeatureConfig()
@@ -171,7 +171,7 @@ KILL_SCRIPT = """
 import sys
 from pathlib import Path
 from deepspeech_core.config import CorpusConfig, FeatureConfig
-from deepspeech_core.corpus import validate_corpus
+from deepspeech_core.data.validation import validate_corpus
 cfg = CorpusConfig(corpus=Path(sys.argv[1]), import_workers=1)
 validate_corpus(cfg, FeatureConfig(), Path(sys.argv[2]))
 """
