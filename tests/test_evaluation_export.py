@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from deepspeech_core.config import DecoderConfig, ExportConfig
+from deepspeech_core.config import DecoderConfig, ExportConfig, FeatureConfig
 from deepspeech_core.data.validation import validate_corpus
 from deepspeech_core.evaluate.arpa_lm import write_arpa
 from deepspeech_core.evaluate.error_rates import corpus_error_rates
@@ -21,6 +21,7 @@ from deepspeech_core.export import store
 from deepspeech_core.export.export_model import export_model, verification_clips
 from deepspeech_core.export.transcriber import Transcriber
 from deepspeech_core.features.cache import build_feature_cache
+from deepspeech_core.features.frame_counts import feature_frames
 from tasks.evaluate import evaluation_markdown
 from tests.helpers import sigkill_when
 
@@ -193,7 +194,9 @@ def test_saved_model_loads_without_project_code(exported, tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     n_classes = len(json.loads(manifest.metadata.read_text())["alphabet"]) + 1
-    assert out.stdout.strip() == f"(49, {n_classes}) (30, {n_classes}) string"
+    frames = feature_frames(16000, FeatureConfig())  # 49 full windows and the client's last
+    assert frames == 50
+    assert out.stdout.strip() == f"({frames}, {n_classes}) (30, {n_classes}) string"
 
 
 def test_versions_promotion_and_interrupted_export(evaluated, tmp_path):
