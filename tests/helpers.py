@@ -82,3 +82,17 @@ def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
                 number = value.simple_value if number is None else number
                 scalars.setdefault(value.tag, []).append((event.step, number))
     return scalars
+
+
+def transcribe_cli(export_dir: Path, wavs: list, beam_width: int) -> list[str]:
+    """What `deepspeech-flow transcribe --model EXPORT --beam_width N --json` says of each wav."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from deepspeech_flow.cli import app
+
+    args = ["transcribe", "--model", str(export_dir), "--beam_width", str(beam_width), "--json"]
+    result = CliRunner().invoke(app, [*args, *map(str, wavs)])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line)["text"] for line in result.output.splitlines()]

@@ -42,6 +42,7 @@ from deepspeech_core.export.deepspeech_graphs import (
 )
 from deepspeech_core.export.export_model import export_model, verification_clips
 from deepspeech_core.model.checkpoints import load_model
+from tests.helpers import transcribe_cli
 
 BUILD = {TFLITE_FILE: "tflite", QUANT_FILE: "tflite", PB_FILE: "tensorflow"}
 
@@ -160,16 +161,11 @@ def test_tensorflow_client_transcribes_as_transcribe_does(clients, exported):
     our features and our network on the same frames: the client's last frame, the MFCCs
     of the audio left after the last full window zero-padded to a window, is one our
     features make too (`frames.feature_frames`), in training and in `transcribe`."""
-    from deepspeech_flow.cli import app
-
     manifest, wavs = exported
     run = run_client("tensorflow", manifest.export_dir / PB_FILE, wavs, beam_width=500)
     assert len(run.records) == len(wavs) >= 10
     assert any(r["text"] for r in run.records), "the model trained on speech says nothing"
-    args = ["transcribe", "--model", str(manifest.export_dir), "--beam_width", "500", "--json"]
-    result = CliRunner().invoke(app, [*args, *wavs])
-    assert result.exit_code == 0, result.output
-    ours = [json.loads(line)["text"] for line in result.output.splitlines()]
+    ours = transcribe_cli(manifest.export_dir, wavs, 500)
     same = sum(a == r["text"] for a, r in zip(ours, run.records, strict=True))
     assert same >= 0.95 * len(wavs), f"{same}/{len(wavs)} clips agree"
     _assert_streaming_ends_as_a_whole_clip(PB_FILE, manifest, wavs, run)

@@ -10,8 +10,6 @@ four epochs of n_hidden 128, batch 8, learning rate 0.003, on the shared FSDD re
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from typer.testing import CliRunner
 
@@ -32,7 +30,7 @@ from deepspeech_core.export.export_model import export_model, verification_clips
 from deepspeech_core.features.batches import SplitIndex
 from deepspeech_core.model.checkpoints import load_model
 from deepspeech_flow.cli import app
-from tests.helpers import SHARED_FSDD, tiny_config
+from tests.helpers import SHARED_FSDD, tiny_config, transcribe_cli
 
 pytestmark = pytest.mark.slow
 BEAM_WIDTH = 256
@@ -149,10 +147,7 @@ def test_clients_transcribe_real_speech_as_transcribe_does(client_setup, build, 
     _, _, export, _, index = client_setup
     wavs = list(index.wav_filenames)[:CLIENT_CLIPS]
     run = run_client(build, export / name, wavs, beam_width=500)
-    args = ["transcribe", "--model", str(export), "--beam_width", "500", "--json"]
-    result = CliRunner().invoke(app, [*args, *wavs])
-    assert result.exit_code == 0, result.output
-    ours = [json.loads(line)["text"] for line in result.output.splitlines()]
+    ours = transcribe_cli(export, wavs, 500)
     assert len(ours) == len(run.records) == len(wavs)
     assert sum(bool(text) for text in ours) >= 0.9 * len(wavs), "the model says nothing"
     differ = [(a, r["text"]) for a, r in zip(ours, run.records, strict=True) if a != r["text"]]
