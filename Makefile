@@ -87,8 +87,12 @@ deepspeech-clients: $(STAMP)
 
 # A fixed order on CI (-p no:randomly); `$(BIN)/pytest -p randomly` shuffles (tests must
 # pass in any order: each sets up what it needs). The gates (`make lint`) run first.
+# TEST_WORKERS pytest-xdist workers, whole modules each (tests/conftest.py groups them):
+# much of the suite waits on Prefect servers and subprocesses starting, so two workers
+# take about a third less time than one on 2 cores. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: setup kenlm deepspeech-clients lint
-	$(BIN)/pytest -q -p no:randomly
+	$(BIN)/pytest -q -p no:randomly -n $(TEST_WORKERS) --dist loadgroup
 
 # The unit tests only: those marked `unit` (no Prefect server, no training, no corpus
 # fixture; pyproject.toml's markers): 160 tests, 24 s of CPU.

@@ -16,6 +16,25 @@ apply_defaults()
 # the fixtures below use these.
 from tests.helpers import tiny_config  # noqa: E402
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Each module
+# goes to one worker whole, so a module-scoped fixture is built once; the modules that use
+# the costly `speaking_model` (about a minute of training) share one worker, so it is
+# trained once per session as before.
+SPEAKING_MODEL_GROUP = "speaking_model"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    sharing = {
+        item.module.__name__
+        for item in items
+        if "speaking_model" in getattr(item, "fixturenames", ())
+    }
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(
+            pytest.mark.xdist_group(SPEAKING_MODEL_GROUP if module in sharing else module)
+        )
+
 
 @pytest.fixture(scope="session")
 def tiny_cv(tmp_path_factory) -> Path:
