@@ -92,7 +92,7 @@ deepspeech-clients: $(STAMP)
 # take about a third less time than one on 2 cores. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: setup kenlm deepspeech-clients lint
-	$(BIN)/pytest -q -p no:randomly -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -p no:randomly -n $(TEST_WORKERS) --dist loadfile
 
 # The unit tests only: those marked `unit` (no Prefect server, no training, no corpus
 # fixture; pyproject.toml's markers): 160 tests, 24 s of CPU.

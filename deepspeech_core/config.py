@@ -135,10 +135,18 @@ class TrainingConfig(_Section):
     force_initialize_learning_rate: bool = Field(
         False, description="On resume, use --learning_rate instead of the checkpoint's."
     )
-    early_stop: bool = Field(False, description="Stop when dev loss stops improving.")
+    best_metric: Literal["dev_loss", "dev_wer"] = Field(
+        "dev_loss",
+        description="What picks the best checkpoint and drives early stopping and LR cuts: "
+        "dev_loss (DeepSpeech's) or dev_wer, the WER of greedy decoding on dev (NeMo's "
+        "choice): on voices not in train, dev loss turns upward while the WER still falls.",
+    )
+    early_stop: bool = Field(False, description="Stop when the best metric stops improving.")
     es_epochs: int = Field(25, ge=1, description="Epochs without improvement before stopping.")
-    es_min_delta: float = Field(0.05, ge=0, description="Smallest dev-loss gain that counts.")
-    reduce_lr_on_plateau: bool = Field(False, description="Cut the LR when dev loss stalls.")
+    es_min_delta: float = Field(
+        0.05, ge=0, description="Smallest dev-loss gain that counts (dev_wer: any fall)."
+    )
+    reduce_lr_on_plateau: bool = Field(False, description="Cut the LR when the metric stalls.")
     plateau_epochs: int = Field(10, ge=1, description="Epochs without improvement per cut.")
     plateau_reduction: float = Field(0.1, gt=0, lt=1, description="LR multiplier per cut.")
     max_bad_batches: int = Field(
@@ -204,7 +212,11 @@ RECIPES: dict[str, dict[tuple[str, str], object]] = {
             "speed[p=1,delta=0.1]",
             "frequency_mask[p=0.5,n=1:2,size=1:3]",
             "time_mask[p=0.5,n=1:2,size=20:60]",
+            # A copy of the training audio peaking at -10 to -40 dBFS: voices recorded
+            # quieter than the training ones (docs/PERFORMANCE.md, "Unseen voices").
+            "volume[p=1,dbfs=25~15]",
         ],
+        ("training", "best_metric"): "dev_wer",
         ("training", "early_stop"): True,
         ("training", "es_epochs"): 8,
         ("training", "reduce_lr_on_plateau"): True,

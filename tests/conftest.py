@@ -16,24 +16,54 @@ apply_defaults()
 # the fixtures below use these.
 from tests.helpers import tiny_config  # noqa: E402
 
-# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). Each module
-# goes to one worker whole, so a module-scoped fixture is built once; the modules that use
-# the costly `speaking_model` (about a minute of training) share one worker, so it is
-# trained once per session as before.
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadfile`): each module
+# goes to one worker whole, so a module-scoped fixture is built once. The modules that
+# use the costly `speaking_model` (about a minute of training) go to one worker together,
+# so it is trained once per session as before; and the modules that take minutes start
+# first, so neither worker is left with one of them at the end.
 SPEAKING_MODEL_GROUP = "speaking_model"
+LONGEST_FIRST = (
+    "tests/test_deployment.py",
+    SPEAKING_MODEL_GROUP,
+    "tests/test_stopping.py",
+    "tests/test_scorer_client.py",
+    "tests/test_flow.py",
+)
+TESTS = Path(__file__).resolve().parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_xdist_make_scheduler(config, log):
+    """The scheduler for `--dist loadfile`: whole modules, grouped and ordered as above.
+
+    (xdist's `loadgroup` marks do not reach its scheduler under pytest 9, whose node ids
+    ignore the suffix xdist adds, so the grouping is done here.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
     sharing = {
-        item.module.__name__
-        for item in items
-        if "speaking_model" in getattr(item, "fixturenames", ())
+        f"tests/{path.name}"
+        for path in TESTS.glob("test_*.py")
+        if "speaking_model" in path.read_text(encoding="utf-8")
     }
-    for item in items:
-        module = item.module.__name__
-        item.add_marker(
-            pytest.mark.xdist_group(SPEAKING_MODEL_GROUP if module in sharing else module)
-        )
+
+    class ModuleGroups(LoadFileScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return SPEAKING_MODEL_GROUP if module in sharing else module
+
+        def _assign_work_unit(self, node) -> None:
+            if not self.ordered:
+                for scope in reversed(LONGEST_FIRST):
+                    if scope in self.workqueue:
+                        self.workqueue.move_to_end(scope, last=False)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return ModuleGroups(config, log)
 
 
 @pytest.fixture(scope="session")

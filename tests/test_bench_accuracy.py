@@ -49,7 +49,8 @@ def _differences(cfg: PipelineConfig, recipe: PipelineConfig) -> set[str]:
         ("no_early_stop", {"training.early_stop", "training.reduce_lr_on_plateau"}),
         ("pitch_tempo", {"training.augment"}),
         ("speed_pitch_tempo", {"training.augment"}),
-        ("speed_volume", {"training.augment"}),
+        ("no_volume", {"training.augment"}),
+        ("dev_loss_selection", {"training.best_metric"}),
     ],
 )
 def test_each_arm_changes_only_its_component(arm, changed, tmp_path):
@@ -68,6 +69,7 @@ def test_each_arm_changes_only_its_component(arm, changed, tmp_path):
         arm not in ("no_speed", "pitch_tempo", "baseline")
     )
     assert any(a.startswith("time_mask") for a in augment) == (arm not in ("no_masks", "baseline"))
+    assert any(a.startswith("volume") for a in augment) == (arm not in ("no_volume", "baseline"))
 
 
 def test_runs_differing_in_seed_or_epochs_train_in_their_own_directories(tmp_path):

@@ -132,3 +132,42 @@ def test_clips_without_speaker_columns_give_no_groups(tmp_path):
     from deepspeech_core.evaluate.speakers import group_by
 
     assert group_by([w["client_id"] for w in who], ["sample"]) == {}
+
+
+def _early_stop_epochs(wers: list[float], patience: int) -> int | None:
+    """After how many epochs a stop on `patience` epochs without a fall in WER comes."""
+    best, waited = float("inf"), 0
+    for epoch, wer in enumerate(wers):
+        waited = 0 if wer < best else waited + 1
+        best = min(best, wer)
+        if waited >= patience:
+            return epoch + 1
+    return None
+
+
+def test_dev_wer_picks_the_best_checkpoint_and_the_early_stop(speaking_model, tmp_path):
+    """--best_metric dev_wer: each epoch's greedy dev WER is what evaluation measures; the
+    best checkpoint is the epoch with the lowest, and epochs without a fall stop training."""
+    cfg, _, features, model = speaking_model
+    rules = cfg.training.model_copy(
+        update={
+            "epochs": 5,
+            "best_metric": "dev_wer",
+            "early_stop": True,
+            "es_epochs": 2,
+            "load_checkpoint_dir": model.checkpoint_dir,  # a model that says something
+        }
+    )
+    result = train(features, cfg.model, cfg.features, rules, tmp_path / "ck")
+    history = json.loads((tmp_path / "ck" / "history.json").read_text())
+    wers = history["dev_wer"]
+    assert len(wers) == len(history["dev_loss"]) == result.epochs
+    assert all(0.0 < w <= 1.5 for w in wers), wers  # partly right, as the fixture's model
+    stop = _early_stop_epochs(wers, 2)  # None: all 5 epochs ran, or stopped at the last
+    assert stop == result.epochs if result.epochs < 5 else stop in (None, 5), (stop, wers)
+    best_epoch = wers.index(min(wers))
+    steps_per_epoch = result.steps // result.epochs
+    assert str(result.best_checkpoint).endswith(f"ckpt-{(best_epoch + 1) * steps_per_epoch}")
+    greedy = cfg.evaluation.model_copy(update={"beam_width": 1})
+    report = evaluate(features, tmp_path / "ck", greedy, tmp_path / "reports", split="dev")
+    assert report.wer == pytest.approx(min(wers))

@@ -3,8 +3,8 @@
     CHECKPOINT_DIR/model.json     alphabet, feature and model parameters (the architecture)
     CHECKPOINT_DIR/alphabet.txt
     CHECKPOINT_DIR/train/         periodic checkpoints: resume from the newest
-    CHECKPOINT_DIR/best/          the best dev-loss checkpoint: evaluate and export from it
-    CHECKPOINT_DIR/history.json   per-epoch train and dev loss
+    CHECKPOINT_DIR/best/          the best checkpoint (--best_metric): evaluate and export from it
+    CHECKPOINT_DIR/history.json   per-epoch train and dev loss (and dev WER with dev_wer)
     CHECKPOINT_DIR/recipe.json    what --recipe set (each component, recipe vs used value)
 
 Two managers, two meanings (icefall's epoch-N vs best-valid-loss). The architecture is

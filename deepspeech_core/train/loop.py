@@ -23,6 +23,8 @@ import tensorflow as tf
 from deepspeech_core import progress, stopping
 from deepspeech_core.config import FeatureConfig, ModelConfig, TrainingConfig, recipe_record
 from deepspeech_core.data.alphabet import Alphabet
+from deepspeech_core.evaluate.decoders import GreedyDecoder
+from deepspeech_core.evaluate.error_rates import corpus_error_rates
 from deepspeech_core.features.augmentation import AugmentationPlan, parse_augmentations, split_specs
 from deepspeech_core.features.batches import (
     Batch,
@@ -165,19 +167,32 @@ def make_train_step(
     return train_step
 
 
-def dev_loss(eval_step, index: SplitIndex, batch_size: int, n_input: int) -> float:
-    """Mean per-clip CTC loss over a split (non-finite clips are left out and logged)."""
+def dev_scores(
+    eval_step, index: SplitIndex, batch_size: int, n_input: int, decoder: GreedyDecoder | None
+) -> tuple[float, float | None]:
+    """(mean per-clip CTC loss, greedy WER or None without a decoder) over a split.
+
+    Non-finite clips are left out of the loss and logged. Greedy decoding costs little
+    beside the forward pass it shares with the loss.
+    """
     total, count, bad = 0.0, 0, 0
-    for batch in make_dataset(index, batch_plan(index.n_frames, batch_size), n_input):
+    plan = batch_plan(index.n_frames, batch_size)
+    texts = [""] * len(index)
+    for ids, batch in zip(plan, make_dataset(index, plan, n_input), strict=True):
         stopping.check("training")  # a stop need not wait for the whole dev pass
-        losses = eval_step(batch)[1].numpy()
+        logits, losses = (t.numpy() for t in eval_step(batch))
         finite = np.isfinite(losses)
         bad += int((~finite).sum())
         total += float(losses[finite].sum())
         count += int(finite.sum())
+        if decoder is not None:
+            lengths = batch.feature_lengths.numpy()
+            for j, clip in enumerate(ids):
+                texts[clip] = decoder.decode(logits[j, : lengths[j]])
     if bad:
         log.warning("%d dev clip(s) had a non-finite loss and were left out of dev loss", bad)
-    return total / max(count, 1)
+    wer = corpus_error_rates(index.transcripts, texts)[0] if decoder is not None else None
+    return total / max(count, 1), wer
 
 
 def _load_index(manifest: FeatureCacheManifest, alphabet: Alphabet) -> SplitIndex:
@@ -340,6 +355,7 @@ def _train_locked(
         feature_cfg=feature_cfg,
         train_index=train_index,
         dev_index=dev_index,
+        dev_decoder=GreedyDecoder(alphabet) if cfg.best_metric == "dev_wer" else None,
         history=history,
         checkpoint_dir=write_dir,
         on_progress=on_progress,
@@ -389,7 +405,8 @@ def _load_history(path: Path, completed_epochs: int) -> dict[str, list[float]]:
     data = read_json_or_none(path, "training history")
     if not isinstance(data, dict):
         return {"train_loss": [], "dev_loss": []}
-    return {k: list(data.get(k, []))[:completed_epochs] for k in ("train_loss", "dev_loss")}
+    keys = ["train_loss", "dev_loss", *(["dev_wer"] if "dev_wer" in data else [])]
+    return {k: list(data.get(k, []))[:completed_epochs] for k in keys}
 
 
 @dataclass
@@ -405,6 +422,7 @@ class _Loop:
     feature_cfg: FeatureConfig
     train_index: SplitIndex
     dev_index: SplitIndex | None
+    dev_decoder: GreedyDecoder | None  # --best_metric dev_wer
     history: dict[str, list[float]]
     checkpoint_dir: Path
     on_progress: ProgressCallback | None
@@ -539,35 +557,67 @@ class _Loop:
             )
 
     def _end_epoch(self, epoch: int) -> None:
-        """Dev loss, history, best model, early stop and plateau, then a checkpoint."""
+        """Dev loss (and WER), history, best model, early stop and plateau, a checkpoint."""
         state, cfg = self.state, self.cfg
         train_loss = state.epoch_mean_loss()
         self.history["train_loss"].append(train_loss)
-        loss = train_loss
+        loss, wer = train_loss, None
         if self.dev_index is not None:
-            loss = dev_loss(
-                self.eval_step, self.dev_index, cfg.dev_batch_size, self.feature_cfg.n_input
+            loss, wer = dev_scores(
+                self.eval_step,
+                self.dev_index,
+                cfg.dev_batch_size,
+                self.feature_cfg.n_input,
+                self.dev_decoder,
             )
             self.history["dev_loss"].append(loss)
+            if wer is not None:
+                self.history.setdefault("dev_wer", []).append(wer)
             total = cfg.epochs * self.steps_per_epoch  # the display shows the new dev loss
             self._report(epoch, state.int("step"), total, train_loss, 0.0)
         log.info(
-            "epoch %d: train loss %.3f, %s loss %.3f",
+            "epoch %d: train loss %.3f, %s loss %.3f%s",
             epoch,
             train_loss,
             "dev" if self.dev_index is not None else "(no dev split) train",
             loss,
+            "" if wer is None else f", dev WER {wer:.3f} (greedy)",
         )
         with self.writer.as_default(step=state.int("step")):
             tf.summary.scalar("epoch/train_loss", train_loss)
             tf.summary.scalar("epoch/dev_loss", loss)
+            if wer is not None:
+                tf.summary.scalar("epoch/dev_wer", wer)
         self.writer.flush()
+        self._track_best(epoch, loss, wer)
 
-        improved = loss < float(state.best_dev_loss.numpy()) - cfg.es_min_delta
-        if loss < float(state.best_dev_loss.numpy()):
+        state.completed_epochs.assign_add(1)
+        state.start_epoch()
+        atomic_write_json(self.checkpoint_dir / "history.json", self.history)
+        self.saver.save(state.int("step"))
+
+    def _track_best(self, epoch: int, loss: float, wer: float | None) -> None:
+        """Best checkpoint, early-stop and plateau counters on --best_metric.
+
+        Dev WER is used when it was measured (dev_wer and a dev split); any fall
+        counts, as a WER moves in whole words. Otherwise dev loss, by es_min_delta.
+        """
+        state, cfg = self.state, self.cfg
+        best_loss = float(state.best_dev_loss.numpy())
+        if loss < best_loss:
             state.best_dev_loss.assign(loss)
+        if wer is not None:
+            # The best WER so far comes from the history, trimmed to the restored epochs,
+            # not from a checkpoint variable: checkpoints written before --best_metric
+            # existed stay loadable.
+            earlier = self.history["dev_wer"][:-1]
+            name, value, best, delta = "dev WER", wer, min(earlier, default=math.inf), 0.0
+        else:
+            name, value, best, delta = "dev loss", loss, best_loss, cfg.es_min_delta
+        improved = value < best - delta
+        if value < best:
             self.saver.save_best(state.int("step"))
-            log.info("epoch %d: new best dev loss %.3f", epoch, loss)
+            log.info("epoch %d: new best %s %.3f", epoch, name, value)
         state.es_counter.assign(0 if improved else state.int("es_counter") + 1)
         state.plateau_counter.assign(0 if improved else state.int("plateau_counter") + 1)
         if cfg.reduce_lr_on_plateau and state.int("plateau_counter") >= cfg.plateau_epochs:
@@ -575,19 +625,16 @@ class _Loop:
             self.optimizer.learning_rate.assign(lr)
             state.plateau_counter.assign(0)
             log.info(
-                "dev loss has not improved for %d epochs: learning rate now %.3g",
+                "%s has not improved for %d epochs: learning rate now %.3g",
+                name,
                 cfg.plateau_epochs,
                 lr,
             )
         if cfg.early_stop and state.int("es_counter") >= cfg.es_epochs:
             state.stopped_early.assign(True)
             log.info(
-                "dev loss has not improved by %g for %d epochs: stopping early",
-                cfg.es_min_delta,
+                "%s has not improved by %g for %d epochs: stopping early",
+                name,
+                delta,
                 cfg.es_epochs,
             )
-
-        state.completed_epochs.assign_add(1)
-        state.start_epoch()
-        atomic_write_json(self.checkpoint_dir / "history.json", self.history)
-        self.saver.save(state.int("step"))
