@@ -52,6 +52,7 @@ class TrainedModelManifest(_Manifest):
     initialized_from: Path | None = None  # warm start / transfer learning source
     train_loss_history: list[float]
     dev_loss_history: list[float]
+    dev_wer_history: list[float] = []  # --best_metric dev_wer: greedy WER on dev per epoch
     seconds: float
     gpu: GpuSummary | None = None  # the GPU monitor's summary of this attempt
 

@@ -92,24 +92,29 @@ def train_model_task(
             log.info("this attempt resumed from step %d", manifest.resumed_from_step)
         if manifest.initialized_from is not None:
             log.info("this training started from the weights of %s", manifest.initialized_from)
-    dev = manifest.dev_loss_history
     _loss_curve_artifact(config, manifest)
     create_table_artifact(
         key="training-loss",
-        table=[
-            {
-                "epoch": i,
-                "train_loss": round(t, 4),
-                "dev_loss": round(dev[i], 4) if i < len(dev) else None,
-            }
-            for i, t in enumerate(manifest.train_loss_history)
-        ],
+        table=_loss_table(manifest),
         description=f"Per-epoch loss; checkpoints in {manifest.checkpoint_dir}"
         + (f"; {manifest.gpu.line()}" if manifest.gpu else ""),
     )
     if manifest.gpu is not None:
         _gpu_artifact(manifest.gpu)
     return manifest
+
+
+def _loss_table(manifest: TrainedModelManifest) -> list[dict]:
+    """One row per epoch: train and dev loss, and dev WER where --best_metric measured it."""
+    dev, wer = manifest.dev_loss_history, manifest.dev_wer_history
+    rows = []
+    for i, loss in enumerate(manifest.train_loss_history):
+        row = {"epoch": i, "train_loss": round(loss, 4)}
+        row["dev_loss"] = round(dev[i], 4) if i < len(dev) else None
+        if wer:
+            row["dev_wer"] = round(wer[i], 4) if i < len(wer) else None
+        rows.append(row)
+    return rows
 
 
 def _gpu_artifact(summary: GpuSummary) -> None:

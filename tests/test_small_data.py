@@ -19,6 +19,7 @@ from deepspeech_core.model.checkpoints import RECIPE_FILE
 from deepspeech_core.train.loop import train
 from deepspeech_flow.config_loading import build_config
 from tasks.evaluate import evaluation_markdown
+from tasks.train import _loss_table
 
 
 def test_recipe_sets_its_components_and_given_flags_win(tmp_path):
@@ -162,6 +163,9 @@ def test_dev_wer_picks_the_best_checkpoint_and_the_early_stop(speaking_model, tm
     history = json.loads((tmp_path / "ck" / "history.json").read_text())
     wers = history["dev_wer"]
     assert len(wers) == len(history["dev_loss"]) == result.epochs
+    assert result.dev_wer_history == wers
+    table = _loss_table(result)  # the UI's training-loss artifact
+    assert [row["dev_wer"] for row in table] == [round(w, 4) for w in wers]
     assert all(0.0 < w <= 1.5 for w in wers), wers  # partly right, as the fixture's model
     stop = _early_stop_epochs(wers, 2)  # None: all 5 epochs ran, or stopped at the last
     assert stop == result.epochs if result.epochs < 5 else stop in (None, 5), (stop, wers)

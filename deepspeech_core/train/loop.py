@@ -383,6 +383,7 @@ def _train_locked(
         initialized_from=initialized_from,
         train_loss_history=history["train_loss"],
         dev_loss_history=history["dev_loss"],
+        dev_wer_history=history.get("dev_wer", []),
         seconds=round(time.monotonic() - started, 2),
         gpu=gpu_summary,
     )
