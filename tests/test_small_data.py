@@ -135,12 +135,20 @@ def test_clips_without_speaker_columns_give_no_groups(tmp_path):
     assert group_by([w["client_id"] for w in who], ["sample"]) == {}
 
 
-def _early_stop_epochs(wers: list[float], patience: int) -> int | None:
-    """After how many epochs a stop on `patience` epochs without a fall in WER comes."""
-    best, waited = float("inf"), 0
-    for epoch, wer in enumerate(wers):
-        waited = 0 if wer < best else waited + 1
-        best = min(best, wer)
+def _early_stop_epochs(history: dict, patience: int, min_delta: float) -> int | None:
+    """After how many epochs --best_metric dev_wer's early stop comes (None: not at all).
+
+    Its rule, written out: dev WER once it was below 1 (any fall counts), dev loss by
+    min_delta before (while the model gets no word right).
+    """
+    best_wer, best_loss, waited = float("inf"), float("inf"), 0
+    for epoch, (loss, wer) in enumerate(zip(history["dev_loss"], history["dev_wer"], strict=True)):
+        if min(wer, best_wer) < 1.0:
+            improved = wer < best_wer
+        else:
+            improved = loss < best_loss - min_delta
+        best_wer, best_loss = min(best_wer, wer), min(best_loss, loss)
+        waited = 0 if improved else waited + 1
         if waited >= patience:
             return epoch + 1
     return None
@@ -166,8 +174,8 @@ def test_dev_wer_picks_the_best_checkpoint_and_the_early_stop(speaking_model, tm
     assert result.dev_wer_history == wers
     table = _loss_table(result)  # the UI's training-loss artifact
     assert [row["dev_wer"] for row in table] == [round(w, 4) for w in wers]
-    assert all(0.0 < w <= 1.5 for w in wers), wers  # partly right, as the fixture's model
-    stop = _early_stop_epochs(wers, 2)  # None: all 5 epochs ran, or stopped at the last
+    assert all(0.0 < w < 1.0 for w in wers), wers  # partly right, as the fixture's model
+    stop = _early_stop_epochs(history, 2, rules.es_min_delta)  # None: no stop in 5 epochs
     assert stop == result.epochs if result.epochs < 5 else stop in (None, 5), (stop, wers)
     best_epoch = wers.index(min(wers))
     steps_per_epoch = result.steps // result.epochs
@@ -175,3 +183,20 @@ def test_dev_wer_picks_the_best_checkpoint_and_the_early_stop(speaking_model, tm
     greedy = cfg.evaluation.model_copy(update={"beam_width": 1})
     report = evaluate(features, tmp_path / "ck", greedy, tmp_path / "reports", split="dev")
     assert report.wer == pytest.approx(min(wers))
+
+
+def test_dev_wer_waits_for_the_first_words_before_counting_patience(trained, tmp_path):
+    """A new model's dev WER stays at 1 (CTC emits blanks first) while its loss falls:
+    early stopping counts dev loss until the WER first falls below 1."""
+    cfg, _, features, _ = trained
+    rules = cfg.training.model_copy(
+        update={"epochs": 5, "best_metric": "dev_wer", "early_stop": True, "es_epochs": 2}
+    )
+    result = train(features, cfg.model, cfg.features, rules, tmp_path / "ck")
+    history = json.loads((tmp_path / "ck" / "history.json").read_text())
+    assert all(w >= 1.0 for w in history["dev_wer"]), history  # no word right yet
+    assert result.epochs == 5, f"stopped before the model learnt to say a word: {history}"
+    assert _early_stop_epochs(history, 2, rules.es_min_delta) is None
+    assert result.best_checkpoint is not None
+    best = history["dev_loss"].index(min(history["dev_loss"]))
+    assert str(result.best_checkpoint).endswith(f"ckpt-{(best + 1) * result.steps // 5}")

@@ -600,19 +600,21 @@ class _Loop:
     def _track_best(self, epoch: int, loss: float, wer: float | None) -> None:
         """Best checkpoint, early-stop and plateau counters on --best_metric.
 
-        Dev WER is used when it was measured (dev_wer and a dev split); any fall
-        counts, as a WER moves in whole words. Otherwise dev loss, by es_min_delta.
+        Dev WER is used once it was measured below 1 (dev_wer and a dev split); any
+        fall counts, as a WER moves in whole words. Before that, while the model gets
+        no word right (CTC's first epochs emit blanks: WER 1 whatever the loss), and
+        for dev_loss, dev loss by es_min_delta, so patience does not run out before
+        the model has started to learn.
         """
         state, cfg = self.state, self.cfg
         best_loss = float(state.best_dev_loss.numpy())
         if loss < best_loss:
             state.best_dev_loss.assign(loss)
-        if wer is not None:
-            # The best WER so far comes from the history, trimmed to the restored epochs,
-            # not from a checkpoint variable: checkpoints written before --best_metric
-            # existed stay loadable.
-            earlier = self.history["dev_wer"][:-1]
-            name, value, best, delta = "dev WER", wer, min(earlier, default=math.inf), 0.0
+        # The best WER so far comes from the history, trimmed to the restored epochs, not
+        # from a checkpoint variable: checkpoints written before --best_metric stay loadable.
+        earlier = min(self.history.get("dev_wer", [])[:-1], default=math.inf)
+        if wer is not None and min(wer, earlier) < 1.0:
+            name, value, best, delta = "dev WER", wer, earlier, 0.0
         else:
             name, value, best, delta = "dev loss", loss, best_loss, cfg.es_min_delta
         improved = value < best - delta
