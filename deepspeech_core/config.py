@@ -139,7 +139,8 @@ class TrainingConfig(_Section):
         "dev_loss",
         description="What picks the best checkpoint and drives early stopping and LR cuts: "
         "dev_loss (DeepSpeech's) or dev_wer, the WER of greedy decoding on dev (NeMo's "
-        "choice): on voices not in train, dev loss turns upward while the WER still falls.",
+        "choice; dev loss until the WER first falls below 1): on voices not in train, "
+        "dev loss turns upward while the WER still falls.",
     )
     early_stop: bool = Field(False, description="Stop when the best metric stops improving.")
     es_epochs: int = Field(25, ge=1, description="Epochs without improvement before stopping.")
