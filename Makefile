@@ -88,8 +88,8 @@ deepspeech-clients: $(STAMP)
 # A fixed order on CI (-p no:randomly); `$(BIN)/pytest -p randomly` shuffles (tests must
 # pass in any order: each sets up what it needs). The gates (`make lint`) run first.
 # TEST_WORKERS pytest-xdist workers, whole modules each (tests/conftest.py groups them):
-# much of the suite waits on Prefect servers and subprocesses starting, so two workers
-# take about a third less time than one on 2 cores. TEST_WORKERS=0 runs in one process.
+# much of the suite waits on Prefect servers and subprocesses starting, so on 2 cores two
+# workers took 15.5 min where one took 23.7 (docs/PERFORMANCE.md). TEST_WORKERS=0: one.
 TEST_WORKERS ?= 2
 test: setup kenlm deepspeech-clients lint
 	$(BIN)/pytest -q -p no:randomly -n $(TEST_WORKERS) --dist loadfile
